@@ -1,0 +1,153 @@
+"""Leave-one-out splits, the item id map and the processed dataset on disk.
+
+Item ids are 1..n (0 is padding). Per user with sequence s_1..s_m (m ≥ 3):
+  test  = (s_1..s_{m-1} → s_m), valid = (s_1..s_{m-2} → s_{m-1}),
+  train = every prefix of the training part: (s_1..s_{k-1} → s_k) for k = 2..m-2.
+Histories keep their last ``max_len`` items. The split ``train_seq`` holds each user's whole
+training part s_1..s_{m-2} untruncated (one row per user, column ``items``) for models that
+train on whole sequences (SASRec).
+
+On disk (``save_processed``): ``dataset/`` (a datasets.DatasetDict with train/valid/test and
+columns user, history, target), ``items.jsonl`` (id, token, text, tags), ``users.txt`` and
+``stats.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .readers import DataError, RawData, natural_key
+
+MIN_INTERACTIONS = 3  # leave-one-out needs one training, one validation and one test item
+
+
+@dataclass
+class Processed:
+    """A processed dataset: splits plus the item table. Item id i is ``item_tokens[i-1]``."""
+
+    splits: "datasets.DatasetDict"  # noqa: F821
+    item_tokens: list[str]
+    item_text: list[str]
+    item_tags: list[list[str]]
+    users: list[str]
+    stats: dict
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_tokens)
+
+
+def item_order(raw: RawData) -> list[str]:
+    """The source's own order if it fixes one, numeric order for numeric tokens, else first use."""
+    if raw.item_order is not None:
+        return list(raw.item_order)
+    seen = dict.fromkeys(i for items in raw.sequences.values() for i in items)
+    tokens = list(seen)
+    if all(t.isdigit() for t in tokens):
+        tokens.sort(key=natural_key)
+    return tokens
+
+
+def build_splits(raw: RawData, *, max_len: int = 50) -> Processed:
+    import datasets
+
+    if not raw.sequences:
+        raise DataError(f"{raw.source}: no users left (after filtering)")
+    for user, items in raw.sequences.items():
+        if len(items) < MIN_INTERACTIONS:
+            where = raw.origin.get(user, raw.source)
+            raise DataError(
+                f"{where}: user {user!r} has {len(items)} interaction(s); leave-one-out needs "
+                f"at least {MIN_INTERACTIONS} (set k_core={MIN_INTERACTIONS} to drop such users)"
+            )
+    tokens = item_order(raw)
+    item_id = {tok: i + 1 for i, tok in enumerate(tokens)}
+    users = list(raw.sequences)
+    cols = {s: {"user": [], "history": [], "target": []} for s in ("train", "valid", "test")}
+    train_seq = {"user": [], "items": []}
+
+    def add(split, uid, seq, k):  # row predicting seq[k] from seq[:k]
+        cols[split]["user"].append(uid)
+        cols[split]["history"].append(seq[max(0, k - max_len):k])
+        cols[split]["target"].append(seq[k])
+
+    for uid, user in enumerate(users):
+        seq = [item_id[i] for i in raw.sequences[user]]
+        m = len(seq)
+        for k in range(1, m - 2):
+            add("train", uid, seq, k)
+        add("valid", uid, seq, m - 2)
+        add("test", uid, seq, m - 1)
+        train_seq["user"].append(uid)
+        train_seq["items"].append(seq[:m - 2])
+
+    features = datasets.Features({
+        "user": datasets.Value("int32"),
+        "history": datasets.Sequence(datasets.Value("int32")),
+        "target": datasets.Value("int32"),
+    })
+    splits = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(c, features=features) for s, c in cols.items()})
+    splits["train_seq"] = datasets.Dataset.from_dict(train_seq, features=datasets.Features({
+        "user": datasets.Value("int32"), "items": datasets.Sequence(datasets.Value("int32"))}))
+    text = [raw.item_text.get(t, "") for t in tokens]
+    tags = [list(raw.item_tags.get(t, [])) for t in tokens]
+    stats = compute_stats(raw, tokens, cols, text, max_len)
+    return Processed(splits, tokens, text, tags, users, stats)
+
+
+def compute_stats(raw, tokens, cols, text, max_len) -> dict:
+    lengths = np.array([len(s) for s in raw.sequences.values()])
+    train_items = set(cols["train"]["target"]) | {
+        i for h in cols["valid"]["history"] for i in h}
+    n_users, n_items, n_inter = len(lengths), len(tokens), int(lengths.sum())
+    return {
+        "source": raw.source,
+        "users": n_users,
+        "items": n_items,
+        "interactions": n_inter,
+        "items_in_train": len(train_items),
+        "density": n_inter / (n_users * n_items),
+        "sequence_length": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
+                            "min": int(lengths.min()), "max": int(lengths.max())},
+        "rows": {s: len(c["target"]) for s, c in cols.items()},
+        "max_len": max_len,
+        "items_with_text": sum(1 for t in text if t),
+    }
+
+
+def save_processed(p: Processed, out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    p.splits.save_to_disk(str(out / "dataset"))
+    with open(out / "items.jsonl", "w", encoding="utf-8") as fh:
+        for i, (tok, text, tags) in enumerate(zip(p.item_tokens, p.item_text, p.item_tags), 1):
+            fh.write(json.dumps({"id": i, "token": tok, "text": text, "tags": tags},
+                                ensure_ascii=False) + "\n")
+    (out / "users.txt").write_text("".join(u + "\n" for u in p.users), encoding="utf-8")
+    (out / "stats.json").write_text(json.dumps(p.stats, indent=2))
+
+
+def load_processed(data_dir: str | Path) -> Processed:
+    import datasets
+
+    d = Path(data_dir)
+    if not (d / "stats.json").is_file():
+        raise DataError(f"{d}: no processed dataset here (run the prepare step first)")
+    splits = datasets.load_from_disk(str(d / "dataset"))
+    tokens, text, tags = [], [], []
+    with open(d / "items.jsonl", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            obj = json.loads(line)
+            if obj["id"] != number:
+                raise DataError(f"{d / 'items.jsonl'}:{number}: item ids must run 1, 2, 3, ...")
+            tokens.append(obj["token"])
+            text.append(obj["text"])
+            tags.append(obj["tags"])
+    users = (d / "users.txt").read_text(encoding="utf-8").splitlines()
+    stats = json.loads((d / "stats.json").read_text())
+    return Processed(splits, tokens, text, tags, users, stats)

@@ -1,0 +1,186 @@
+"""Data preparation: read a source, split leave-one-out, build the item embeddings.
+
+    python -m etegrl.prepare --config configs/ml-100k/prepare.yaml [key=value ...]
+
+Writes to ``output_dir``: the processed dataset (see ``etegrl.data.split``), ``embeddings/``
+(``sasrec``, ``text``, ``tags``, ``file`` parts as chosen, and ``semantic.safetensors``, their
+concatenation for the tokenizer), the SASRec baseline's ``sasrec_results.json`` and the
+resolved ``prepare_config.yaml``. A finished output directory with the same config is reused;
+one holding a different config is an error unless ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from .config import ConfigError, config_help, parse_args, save_config  # noqa: F401
+from .data import DataError, build_splits, load_processed, read_source, save_processed
+from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
+                         tag_features)
+from .embeddings.sasrec import SASRecConfig, train_sasrec
+from .embeddings.text import encode_texts
+
+DONE = "PREPARED"
+
+
+@dataclass
+class DataConfig:
+    format: Literal["movielens_100k", "recbole_inter", "recbole_split", "etegrec_jsonl",
+                    "sequence_txt", "json_sequences"] = field(
+        default="movielens_100k", metadata={"help": (
+            "Source format: movielens_100k (from the installed recbole wheel), recbole_inter "
+            "(raw <dataset>.inter + optional .item/.text), recbole_split (<dataset>.{train,valid,"
+            "test}.inter + .item2index/.text), etegrec_jsonl (<dataset>.{train,valid,test}.jsonl "
+            "+ <dataset>.emb_map.json), sequence_txt ('user item item ...' lines; dataset = file "
+            "name), json_sequences ({user: [items]}; dataset = file name).")})
+    data_dir: str = field(default="", metadata={"help": "Folder holding the source files."})
+    dataset: str = field(default="", metadata={"help": "File stem (or file name) of the source inside data_dir."})
+    output_dir: str = field(default="runs/ml-100k/data", metadata={"help": "Where the processed dataset and embeddings go."})
+    k_core: int = field(default=0, metadata={"help": "Drop users/items with fewer interactions, repeatedly (0/1 = off)."})
+    max_len: int = field(default=50, metadata={"help": "Keep the last max_len items of each history."})
+    text_fields: list[str] = field(default_factory=list, metadata={"help": "Item-file fields joined into item text (empty = all but the id)."})
+    tag_fields: list[str] = field(default_factory=list, metadata={"help": "Item-file fields whose space-separated tokens are tags (genres, categories)."})
+
+
+@dataclass
+class EmbeddingConfig:
+    semantic_parts: list[str] = field(default_factory=lambda: ["sasrec"], metadata={"help": (
+        "Parts of the tokenizer's input, concatenated in this order: sasrec, text, tags, file. "
+        "[sasrec, text] is Dual SCID.")})
+    part_norm: Literal["none", "l2"] = field(default="none", metadata={"help": "Scale each part to unit length per item before concatenating (l2) or not (none)."})
+    feature_file: str = field(default="", metadata={"help": "A [n_items, d] .npy/.safetensors matrix in item-id order, for the 'file' part."})
+    text_model: str = field(default="", metadata={"help": "Local sentence-transformers model directory (empty = bundled all-MiniLM-L6-v2)."})
+    text_batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
+
+
+@dataclass
+class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds another or a finished run."})
+
+    def __post_init__(self):
+        unknown = [p for p in self.semantic_parts if p not in PARTS]
+        if unknown or not self.semantic_parts:
+            raise ValueError(f"semantic_parts: {unknown or '[]'} not valid; choose from {PARTS}")
+        if "file" in self.semantic_parts and not self.feature_file:
+            raise ValueError("semantic_parts has 'file' but feature_file is empty")
+        if "sasrec" in self.semantic_parts and self.sasrec_epochs <= 0:
+            raise ValueError("semantic_parts has 'sasrec' but sasrec_epochs is 0")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _claim_output(cfg: PrepareConfig, out: Path) -> bool:
+    """True when ``out`` already holds this exact finished run (nothing to do)."""
+    saved = out / "prepare_config.yaml"
+    if saved.is_file() and not cfg.overwrite:
+        current = {k: v for k, v in vars(cfg).items() if k != "overwrite"}
+        previous = yaml.safe_load(saved.read_text()) or {}
+        previous.pop("overwrite", None)
+        if previous != current:
+            changed = sorted(k for k in current.keys() | previous.keys()
+                             if current.get(k) != previous.get(k))
+            raise ConfigError(
+                f"output_dir {out} holds another preparation (keys that differ: "
+                f"{', '.join(changed)}); choose another output_dir or set overwrite=true")
+        if (out / DONE).is_file():
+            return True
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+    return False
+
+
+def run(cfg: PrepareConfig, log=print) -> dict:
+    out = Path(cfg.output_dir)
+    if _claim_output(cfg, out):
+        log(f"{out}: already prepared with this config; nothing to do (overwrite=true redoes it)")
+        return json.loads((out / "summary.json").read_text())
+    seed_everything(cfg.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    raw = read_source(cfg.format, data_dir=cfg.data_dir, dataset=cfg.dataset, k_core=cfg.k_core,
+                      text_fields=cfg.text_fields or None, tag_fields=cfg.tag_fields)
+    data = build_splits(raw, max_len=cfg.max_len)
+    save_processed(data, out)
+    data = load_processed(out)  # train from what is on disk, as every later stage will
+    s = data.stats
+    log(f"data: {s['users']} users, {s['items']} items, {s['interactions']} interactions "
+        f"({s['items_in_train']} items in train); rows train {s['rows']['train']} / valid "
+        f"{s['rows']['valid']} / test {s['rows']['test']}; {time.perf_counter() - t0:.1f}s")
+
+    parts: dict[str, torch.Tensor] = {}
+    summary = {"stats": s}
+    emb_dir = out / "embeddings"
+    if cfg.sasrec_epochs > 0:
+        model, report = train_sasrec(data, cfg, max_len=cfg.max_len, seed=cfg.seed,
+                                     device=device, log=log)
+        parts["sasrec"] = model.item_vectors().cpu()
+        save_embedding(parts["sasrec"], emb_dir / "sasrec.safetensors", part="sasrec")
+        save_file(model.state_dict(), str(out / "sasrec_model.safetensors"))
+        (out / "sasrec_results.json").write_text(json.dumps(report, indent=2))
+        summary["sasrec"] = {k: report[k] for k in ("best_epoch", "train_seconds", "valid", "test")}
+        t = report["test"]
+        log(f"SASRec test (leave-one-out, full ranking over {data.n_items} items): "
+            f"recall@1 {t['recall@1']:.4f} recall@5 {t['recall@5']:.4f} recall@10 "
+            f"{t['recall@10']:.4f} ndcg@5 {t['ndcg@5']:.4f} ndcg@10 {t['ndcg@10']:.4f} "
+            f"coverage@10 {t['coverage@10']:.4f}; best epoch {report['best_epoch']}, "
+            f"{report['train_seconds']:.1f}s")
+    if "text" in cfg.semantic_parts:
+        missing = sum(1 for t in data.item_text if not t)
+        if missing == len(data.item_text):
+            raise EmbeddingError(f"semantic part 'text': no item text in {raw.source}")
+        vectors = encode_texts(data.item_text, model_path=cfg.text_model,
+                               batch_size=cfg.text_batch_size, device=device)
+        parts["text"] = torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
+        save_embedding(parts["text"], emb_dir / "text.safetensors", part="text")
+        log(f"text: {vectors.shape[1]}-d embeddings of {len(data.item_text)} items "
+            f"({missing} without text)")
+    if "tags" in cfg.semantic_parts:
+        parts["tags"], vocab = tag_features(data.item_tags)
+        save_embedding(parts["tags"], emb_dir / "tags.safetensors", part="tags",
+                       vocabulary=json.dumps(vocab))
+    if "file" in cfg.semantic_parts:
+        parts["file"] = load_feature_file(cfg.feature_file, data.n_items)
+    semantic = concat_parts(parts, cfg.semantic_parts, data.n_items, cfg.part_norm)
+    save_embedding(semantic, emb_dir / "semantic.safetensors",
+                   parts=",".join(cfg.semantic_parts), part_norm=cfg.part_norm)
+    dims = {p: int(parts[p].shape[1]) for p in cfg.semantic_parts}
+    summary["semantic"] = {"parts": dims, "dim": int(semantic.shape[1]),
+                           "part_norm": cfg.part_norm}
+    summary["seconds"] = time.perf_counter() - t0
+    log(f"semantic embedding: {semantic.shape[1]}-d from {dims}; done in {summary['seconds']:.1f}s")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / DONE).write_text("ok\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(PrepareConfig, argv, prog="python -m etegrl.prepare")
+        run(cfg)
+    except (ConfigError, DataError, EmbeddingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
