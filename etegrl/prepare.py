@@ -114,7 +114,9 @@ def run(cfg: PrepareConfig, log=print) -> dict:
         log(f"{out}: already prepared with this config; nothing to do (overwrite=true redoes it)")
         return json.loads((out / "summary.json").read_text())
     seed_everything(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from accelerate import PartialState
+
+    device = PartialState().device
     t0 = time.perf_counter()
     raw = read_source(cfg.format, data_dir=cfg.data_dir, dataset=cfg.dataset, k_core=cfg.k_core,
                       text_fields=cfg.text_fields or None, tag_fields=cfg.tag_fields)
@@ -148,7 +150,7 @@ def run(cfg: PrepareConfig, log=print) -> dict:
         if missing == len(data.item_text):
             raise EmbeddingError(f"semantic part 'text': no item text in {raw.source}")
         vectors = encode_texts(data.item_text, model_path=cfg.text_model,
-                               batch_size=cfg.text_batch_size, device=device)
+                               batch_size=cfg.text_batch_size, device=str(device))
         parts["text"] = torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
         save_embedding(parts["text"], emb_dir / "text.safetensors", part="text")
         log(f"text: {vectors.shape[1]}-d embeddings of {len(data.item_text)} items "
@@ -173,6 +175,12 @@ def run(cfg: PrepareConfig, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from accelerate import PartialState
+
+    # Preparation is one process's work (it writes one output directory); under
+    # `accelerate launch --num_processes N` the other processes leave at once.
+    if not PartialState().is_main_process:
+        return 0
     try:
         cfg = parse_args(PrepareConfig, argv, prog="python -m etegrl.prepare")
         run(cfg)

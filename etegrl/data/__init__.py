@@ -1,10 +1,10 @@
 """Data: source readers → one in-memory form → leave-one-out splits → datasets on disk."""
 
-from .batching import capped_row_indices, pad_histories
+from .batching import capped_row_indices, length_bucketed_batches, pad_histories
 from .readers import DataError, RawData, read_source
 from .split import Processed, build_splits, load_processed, save_processed
 
 __all__ = [
     "DataError", "RawData", "read_source", "Processed", "build_splits", "load_processed",
-    "save_processed", "capped_row_indices", "pad_histories",
+    "save_processed", "capped_row_indices", "length_bucketed_batches", "pad_histories",
 ]

@@ -36,3 +36,18 @@ def pad_histories(histories: list[list[int]], *, left: bool = False) -> torch.Te
             else:
                 out[row, :len(h)] = torch.as_tensor(h)
     return out
+
+
+def length_bucketed_batches(lengths, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of row indices with similar lengths, in random order.
+
+    Rows are shuffled, sorted by length (stable, so equal lengths stay shuffled) and cut into
+    batches; the batch order is then shuffled. Padding to each batch's own longest row then
+    costs little: on short-history data (mean 7 items) this is several times faster than
+    random batches padded to their longest member.
+    """
+    lengths = np.asarray(lengths)
+    order = rng.permutation(len(lengths))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[j] for j in rng.permutation(len(batches))]

@@ -169,35 +169,79 @@ class _SplitRow:
     where: str
 
 
-def merge_split_rows(valid: list[_SplitRow], test: list[_SplitRow]) -> dict[str, list[str]]:
-    """Rebuild each user's sequence from its validation and test rows of a pre-split source.
+def chain_train_rows(train: list[_SplitRow]) -> dict[str, list[str]]:
+    """Rebuild each user's training sequence from its prefix rows (history → target).
 
-    The validation row holds the training sequence and the validation target; the test row
-    must continue it (its history ends with the validation target). Histories may have been
-    truncated, so only their common tail is compared.
+    Histories may be truncated windows, so rows are chained: start from the shortest history
+    and repeatedly take the row whose history is the current sequence's last window.
     """
+    by_user: dict[str, list[_SplitRow]] = defaultdict(list)
+    for row in train:
+        by_user[row.user].append(row)
+    chains = {}
+    for user, rows in by_user.items():
+        width = max(len(r.history) for r in rows)
+        pending: dict[tuple, list[_SplitRow]] = defaultdict(list)
+        for row in rows:
+            pending[tuple(row.history)].append(row)
+        first = min(rows, key=lambda r: len(r.history))
+        pending[tuple(first.history)].remove(first)
+        seq = first.history + [first.target]
+        while True:
+            candidates = pending.get(tuple(seq[-width:]))
+            if not candidates:
+                break
+            seq.append(candidates.pop(0).target)
+        left = [r for group in pending.values() for r in group]
+        if left:
+            raise DataError(f"{left[0].where}: this training row of user {user!r} does not "
+                            f"continue the user's other training rows")
+        chains[user] = seq
+    return chains
+
+
+def merge_split_rows(train: list[_SplitRow], valid: list[_SplitRow],
+                     test: list[_SplitRow]) -> dict[str, list[str]]:
+    """Rebuild each user's whole sequence from the rows of a pre-split source.
+
+    The training rows give the training sequence, the validation row must continue it and the
+    test row must continue that (its history ends with the validation target). Histories may
+    have been truncated, so only their common tails are compared.
+    """
+    chains = chain_train_rows(train)
+
+    def continues(seq, row):
+        tail = len(row.history)
+        return tail > 0 and seq[-tail:] == row.history
+
     valid_by_user = {}
     for row in valid:
         if row.user in valid_by_user:
             raise DataError(f"{row.where}: user {row.user!r} has a second validation row")
-        valid_by_user[row.user] = row
+        chain = chains.pop(row.user, None)
+        if chain is not None and not continues(chain, row):
+            raise DataError(f"{row.where}: the validation history of user {row.user!r} does "
+                            f"not continue the user's training rows")
+        base = chain if chain is not None and len(chain) > len(row.history) else row.history
+        valid_by_user[row.user] = (row, base + [row.target])
+    if chains:
+        user = next(iter(chains))
+        raise DataError(f"user {user!r} has training rows but no validation row")
     sequences = {}
     for row in test:
         if row.user in sequences:
             raise DataError(f"{row.where}: user {row.user!r} has a second test row")
-        v = valid_by_user.pop(row.user, None)
+        v, seq = valid_by_user.pop(row.user, (None, None))
         if v is None:
             raise DataError(f"{row.where}: user {row.user!r} has a test row but no validation row")
-        seq = v.history + [v.target]
-        tail = len(row.history)
-        if tail == 0 or seq[-tail:] != row.history:
+        if not continues(seq, row):
             raise DataError(
                 f"{row.where}: the test history of user {row.user!r} does not continue its "
                 f"validation row ({v.where}): expected it to end with the validation target"
             )
         sequences[row.user] = seq + [row.target]
     if valid_by_user:
-        user, row = next(iter(valid_by_user.items()))
+        user, (row, _) = next(iter(valid_by_user.items()))
         raise DataError(f"{row.where}: user {user!r} has a validation row but no test row")
     return sequences
 
@@ -235,7 +279,7 @@ def read_recbole_split(data_dir: str | Path, name: str) -> RawData:
     _check_known(train, known, what)
     _check_known(valid, known, what)
     _check_known(test, known, what)
-    sequences = merge_split_rows(valid, test)
+    sequences = merge_split_rows(train, valid, test)
     text_path = Path(f"{base}.text")
     text = read_text_file(text_path, index) if text_path.is_file() else {}
     origin = {r.user: r.where for r in test}
@@ -281,7 +325,7 @@ def read_etegrec_jsonl(data_dir: str | Path, name: str) -> RawData:
     known = set(order)
     for split_rows in (train, valid, test):
         _check_known(split_rows, known, map_path.name)
-    sequences = merge_split_rows(valid, test)
+    sequences = merge_split_rows(train, valid, test)
     return RawData(sequences=sequences, item_order=order,
                    origin={r.user: r.where for r in test}, source=f"{base}.*.jsonl")
 

@@ -121,6 +121,9 @@ def compute_stats(raw, tokens, cols, text, max_len) -> dict:
 
 
 def save_processed(p: Processed, out_dir: str | Path) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()  # a bar per split for a sub-second write is noise
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     p.splits.save_to_disk(str(out / "dataset"))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Processed, pad_histories
+from ..data import Processed, length_bucketed_batches, pad_histories
 from ..metrics import DEFAULT_KS, coverage, ranking_metrics, ranks_from_scores
 
 
@@ -99,11 +99,13 @@ def evaluate_sasrec(model: SASRec, split, *, batch_size: int = 512, device="cpu"
                     ks=DEFAULT_KS, n_items: int | None = None) -> dict[str, float]:
     """Full ranking over all items; Recall@K, NDCG@K and coverage of the top-10 lists."""
     model.eval()
+    histories, all_targets = split["history"], split["target"]
+    order = np.argsort([len(h) for h in histories], kind="stable")  # little padding per batch
     ranks, tops = [], []
-    for start in range(0, len(split), batch_size):
-        rows = split[start:start + batch_size]
-        scores = model.item_scores(_last_hidden(model, rows["history"], device))
-        targets = torch.as_tensor(rows["target"], device=device)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        scores = model.item_scores(_last_hidden(model, [histories[i] for i in rows], device))
+        targets = torch.as_tensor([all_targets[i] for i in rows], device=device)
         ranks.append(ranks_from_scores(scores, targets).cpu())
         tops.append(scores.topk(min(10, scores.shape[1]), dim=1).indices.cpu() + 1)
     out = ranking_metrics(torch.cat(ranks), ks)
@@ -117,6 +119,7 @@ def train_sasrec(data: Processed, cfg: SASRecConfig, *, max_len: int, seed: int 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_seqs = training_windows(data.splits["train_seq"]["items"], max_len)
+    lengths = [len(w) for w in train_seqs]
     model = SASRec(data.n_items, hidden=cfg.sasrec_hidden, layers=cfg.sasrec_layers,
                    heads=cfg.sasrec_heads, dropout=cfg.sasrec_dropout, max_len=max_len).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sasrec_lr,
@@ -126,11 +129,9 @@ def train_sasrec(data: Processed, cfg: SASRecConfig, *, max_len: int, seed: int 
     start = time.perf_counter()
     for epoch in range(cfg.sasrec_epochs):
         model.train()
-        order = rng.permutation(len(train_seqs))
         total, steps = 0.0, 0
-        for i in range(0, len(order), cfg.sasrec_batch_size):
-            batch = pad_histories([train_seqs[j] for j in order[i:i + cfg.sasrec_batch_size]])
-            batch = batch.to(device)
+        for rows in length_bucketed_batches(lengths, cfg.sasrec_batch_size, rng):
+            batch = pad_histories([train_seqs[j] for j in rows]).to(device)
             inputs, labels = batch[:, :-1], batch[:, 1:]
             logits = model.item_scores(model(inputs))
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),

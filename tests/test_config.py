@@ -1,0 +1,71 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from etegrl.config import ConfigError, load_config, parse_args
+from tests.conftest import write
+
+
+@dataclass
+class Cfg:
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    epochs: int = field(default=3, metadata={"help": "epochs"})
+    name: str = "run"
+    parts: list[str] = field(default_factory=lambda: ["a"])
+    mode: Literal["x", "y"] = "x"
+    flag: bool = False
+    path: str | None = None
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = write(tmp_path / "c.yaml", "lr: 0.01\nepochs: 5\nparts: [a, b]\n")
+    cfg = load_config(Cfg, f, ["epochs=7", "mode=y", "flag=true", "path=null", "name=123"])
+    assert cfg == Cfg(lr=0.01, epochs=7, name="123", parts=["a", "b"], mode="y", flag=True)
+
+
+def test_int_accepted_for_float_and_single_item_list(tmp_path):
+    cfg = load_config(Cfg, None, ["lr=1", "parts=text"])
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.parts == ["text"]
+
+
+def test_unknown_key_in_file_names_file_and_lists_valid_keys(tmp_path):
+    f = write(tmp_path / "c.yaml", "lr: 0.01\nepoch: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Cfg, f)
+    msg = str(err.value)
+    assert str(f) in msg and "'epoch'" in msg and "Did you mean 'epochs'" in msg
+    for key in ("lr", "epochs", "name", "parts", "mode", "flag", "path"):
+        assert key in msg.split("Valid keys:")[1]
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(ConfigError, match=r"command line 'bogus=1': unknown key 'bogus'"):
+        parse_args(Cfg, ["bogus=1"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("epochs=abc", "key 'epochs' expects int, got 'abc'"),
+    ("epochs=1.5", "key 'epochs' expects int"),
+    ("flag=maybe", "key 'flag' expects bool"),
+    ("mode=z", "key 'mode' expects one of 'x', 'y'"),
+])
+def test_wrong_type_is_an_error(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(Cfg, None, [override])
+
+
+def test_malformed_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_args(Cfg, ["epochs"])
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Cfg, write(tmp_path / "l.yaml", "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        parse_args(Cfg, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_help_lists_fields(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(Cfg, ["--help"])
+    out = capsys.readouterr().out
+    assert "lr (float, default 0.001)" in out and "learning rate" in out
