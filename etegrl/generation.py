@@ -1,0 +1,98 @@
+"""Trie-constrained batched beam search: the one generation routine for evaluation, the
+recommend command and GRPO groups.
+
+The encoder runs once per user. Decoding step 0 also runs once per user (all beams are the
+same there); its cache, cross-attention keys/values included, is then repeated for the beams.
+Later steps feed one token per beam with the KV cache. Reordering beams only permutes beams of
+the same user, whose cross-attention caches are identical, so only the self-attention cache is
+reordered. Invalid continuations (not a prefix of any item's code) are masked with the
+vectorised trie of ``CodeTable``.
+
+Scores are sums of per-position log-probabilities: ``logprob="full"`` normalises each step over
+all ``code_num`` codes (the model's own distribution); ``"trie"`` renormalises over the valid
+codes only. Beams are exact for the chosen convention whenever every level has at most
+``beam`` valid prefixes, and a best-first approximation otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from .codes import CodeTable
+from .model import ETEGRecModel, history_tokens
+
+
+def _step_logprobs(logits: torch.Tensor, allowed: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "trie":
+        out = F.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+        return torch.nan_to_num(out, nan=float("-inf"))  # a dead beam has no valid code
+    return F.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
+
+
+@torch.no_grad()
+def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, *,
+                beam: int = 20, logprob: str = "full") -> dict[str, torch.Tensor]:
+    """Top-``beam`` items for each history ``[B, L]`` → items ``[B, beam]`` (0 = no item, when
+    fewer valid items exist), their codes ``[B, beam, code_len]`` and scores ``[B, beam]``."""
+    if logprob not in ("full", "trie"):
+        raise ValueError("logprob must be 'full' or 'trie'")
+    was_training = model.training
+    model.eval()
+    device = histories.device
+    tokens, mask = history_tokens(histories, table.codes)
+    encoded = model.encode(tokens, mask)
+    n, code_len = histories.shape[0], table.code_len
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    hidden, cache = model.decode(encoded, mask, tokens.new_zeros(n, 0), cache=cache)
+    logits = model.code_logits(hidden[:, -1:], start=0)[:, 0]
+    logp = _step_logprobs(logits, table.allowed(tokens.new_zeros(n, 0)), logprob)
+    k = beam
+    scores, first = logp.topk(min(k, logp.shape[1]), dim=1)   # [n, ≤k]
+    if scores.shape[1] < k:  # fewer codes than beams: the rest start dead and fill at step 1
+        pad = k - scores.shape[1]
+        scores = torch.cat([scores, scores.new_full((n, pad), float("-inf"))], 1)
+        first = torch.cat([first, first.new_zeros(n, pad)], 1)
+    seqs = first.unsqueeze(-1)                                # [n, k, 1]
+    cache.batch_repeat_interleave(k)
+    encoded_b = encoded.repeat_interleave(k, 0)
+    mask_b = mask.repeat_interleave(k, 0)
+    offsets = (torch.arange(n, device=device) * k).unsqueeze(1)
+    for t in range(1, code_len):
+        step_in = model.code_embeddings[t - 1](seqs[:, :, -1].reshape(-1)).unsqueeze(1)
+        out = model.t5.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded_b,
+                               encoder_attention_mask=mask_b, cache=cache, use_cache=True)
+        logits = model.code_logits(out.last_hidden_state, start=t)[:, 0]
+        logp = _step_logprobs(logits, table.allowed(seqs.reshape(n * k, t)), logprob)
+        total = (scores.reshape(-1, 1) + logp).reshape(n, -1)  # [n, k * code_num]
+        scores, flat = total.topk(k, dim=1)
+        parent, code = flat // logp.shape[1], flat % logp.shape[1]
+        seqs = torch.cat([seqs.gather(1, parent.unsqueeze(-1).expand(-1, -1, t)),
+                          code.unsqueeze(-1)], dim=-1)
+        cache.self_attention_cache.reorder_cache((offsets + parent).reshape(-1))
+    items = table.items_of(seqs)
+    items = torch.where(torch.isfinite(scores), items, 0)
+    model.train(was_training)
+    return {"items": items, "codes": seqs, "scores": scores}
+
+
+@torch.no_grad()
+def score_items(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor,
+                items: torch.Tensor, logprob: str = "full") -> torch.Tensor:
+    """Teacher-forced log-probability of each candidate item ``[B, M]`` for each history: the
+    brute-force reference for beam search (and a scorer for small candidate sets)."""
+    model.eval()
+    n, m = items.shape
+    tokens, mask = history_tokens(histories, table.codes)
+    encoded = model.encode(tokens, mask).repeat_interleave(m, 0)
+    mask = mask.repeat_interleave(m, 0)
+    codes = table.codes[items.reshape(-1)]
+    hidden, _ = model.decode(encoded, mask, codes[:, :-1])
+    logits = model.code_logits(hidden)
+    total = torch.zeros(n * m, device=items.device)
+    for t in range(table.code_len):
+        allowed = table.allowed(codes[:, :t])
+        lp = _step_logprobs(logits[:, t], allowed, logprob)
+        total = total + lp.gather(1, codes[:, t:t + 1]).squeeze(1)
+    return total.reshape(n, m)

@@ -1,0 +1,119 @@
+"""The recommender: transformers' T5 over item codes, as a ``PreTrainedModel``.
+
+A history of items becomes ``len × code_len`` tokens; token j of an item is embedded with code
+table j (one ``Embedding(code_num, d_model)`` per code position). The decoder starts from a
+learned BOS vector, reads the target's codes with the same tables and scores code t with the
+decoder state t times table t's weights (tied input/output). Adapters for ETEGRec's losses:
+SIA maps the mean-pooled encoder output to the tokenizer's latent size, PSA maps the decoder's
+BOS state to the semantic-embedding size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, T5Config, T5Model
+
+
+class ETEGRecConfig(PretrainedConfig):
+    model_type = "etegrec"
+
+    def __init__(self, code_num: int = 256, code_len: int = 4, d_model: int = 128,
+                 d_ff: int = 512, num_layers: int = 6, num_decoder_layers: int = 6,
+                 num_heads: int = 4, d_kv: int = 64, dropout_rate: float = 0.1,
+                 e_dim: int = 128, semantic_dim: int = 256, initializer_range: float = 0.02,
+                 feed_forward_proj: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        self.code_num, self.code_len = code_num, code_len
+        self.d_model, self.d_ff, self.num_layers = d_model, d_ff, num_layers
+        self.num_decoder_layers, self.num_heads, self.d_kv = num_decoder_layers, num_heads, d_kv
+        self.dropout_rate, self.e_dim, self.semantic_dim = dropout_rate, e_dim, semantic_dim
+        self.initializer_range, self.feed_forward_proj = initializer_range, feed_forward_proj
+
+    def t5_config(self) -> T5Config:
+        # The T5 stacks never see token ids (we pass embeddings), so its vocabulary is 1 row.
+        return T5Config(vocab_size=1, d_model=self.d_model, d_ff=self.d_ff, d_kv=self.d_kv,
+                        num_layers=self.num_layers, num_decoder_layers=self.num_decoder_layers,
+                        num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                        feed_forward_proj=self.feed_forward_proj, pad_token_id=0,
+                        eos_token_id=0, decoder_start_token_id=0, use_cache=True)
+
+
+class ETEGRecModel(PreTrainedModel):
+    config_class = ETEGRecConfig
+    base_model_prefix = "etegrec"
+    _supports_sdpa = True
+
+    def __init__(self, config: ETEGRecConfig):
+        super().__init__(config)
+        self.code_embeddings = nn.ModuleList(
+            [nn.Embedding(config.code_num, config.d_model) for _ in range(config.code_len)])
+        self.bos = nn.Parameter(torch.zeros(config.d_model))
+        self.t5 = T5Model(config.t5_config())
+        self.sia_adapter = nn.Linear(config.d_model, config.e_dim)
+        self.psa_adapter = nn.Linear(config.d_model, config.semantic_dim)
+        self.post_init()
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, ETEGRecModel):
+            nn.init.normal_(module.bos, mean=0.0, std=std)
+        elif hasattr(module, "weight") and module.__class__.__name__.endswith("LayerNorm"):
+            nn.init.ones_(module.weight)
+
+    # ---- embeddings -------------------------------------------------------------------
+    def _table(self) -> torch.Tensor:
+        return torch.stack([e.weight for e in self.code_embeddings])  # [code_len, code_num, d]
+
+    def embed_history(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, L*code_len]`` codes → embeddings, token j of each item through table j."""
+        position = torch.arange(tokens.shape[1], device=tokens.device) % self.config.code_len
+        return self._table()[position.unsqueeze(0), tokens]
+
+    def decoder_inputs(self, codes: torch.Tensor) -> torch.Tensor:
+        """BOS followed by codes[:, :-1] through their tables → ``[B, T, d]`` (T = codes + 1 ≤ code_len)."""
+        bos = self.bos.expand(codes.shape[0], 1, -1)
+        if codes.shape[1] == 0:
+            return bos
+        table = self._table()
+        steps = torch.arange(codes.shape[1], device=codes.device)
+        return torch.cat([bos, table[steps.unsqueeze(0), codes]], dim=1)
+
+    def code_logits(self, hidden: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Decoder states ``[B, T, d]`` for code positions start..start+T-1 → ``[B, T, code_num]``."""
+        table = self._table()[start:start + hidden.shape[1]]
+        return torch.einsum("btd,tcd->btc", hidden, table)
+
+    # ---- passes -----------------------------------------------------------------------
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.t5.encoder(inputs_embeds=self.embed_history(tokens),
+                               attention_mask=mask).last_hidden_state
+
+    def decode(self, encoded: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor,
+               cache=None):
+        """Teacher-forced decoder over BOS + ``codes`` → (hidden ``[B, T, d]``, cache); a cache
+        passed in is filled in place."""
+        out = self.t5.decoder(inputs_embeds=self.decoder_inputs(codes),
+                              encoder_hidden_states=encoded, encoder_attention_mask=mask,
+                              cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state, cache
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor):
+        """Training pass: code logits ``[B, code_len, code_num]``, pooled encoder state (for
+        SIA) and the decoder's BOS state (for PSA)."""
+        encoded = self.encode(tokens, mask)
+        hidden, _ = self.decode(encoded, mask, target_codes[:, :-1])
+        m = mask.unsqueeze(-1).to(encoded.dtype)
+        pooled = (encoded * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return {"logits": self.code_logits(hidden), "pooled": pooled, "bos_state": hidden[:, 0]}
+
+
+def history_tokens(histories: torch.Tensor, item_codes: torch.Tensor):
+    """Item ids ``[B, L]`` (0 = padding) → code tokens ``[B, L*code_len]`` and their mask."""
+    codes = item_codes[histories]  # [B, L, code_len]; padding row 0 gives zeros
+    mask = (histories > 0).unsqueeze(-1).expand_as(codes)
+    return codes.reshape(histories.shape[0], -1), mask.reshape(histories.shape[0], -1).long()
