@@ -70,6 +70,42 @@ def assign_suffixes(prefix: torch.Tensor, *, code_num: int = 256,
     return torch.cat([prefix.long(), suffix.unsqueeze(1)], dim=1)
 
 
+def reassign_overflow(prefix: torch.Tensor, last_distances: torch.Tensor, *,
+                      code_num: int = 256) -> tuple[torch.Tensor, int]:
+    """Move the items beyond ``code_num`` on a prefix to their nearest last-level code whose
+    prefix still has room → (new prefix, number of items moved).
+
+    ``last_distances [N, code_num]`` are each item's distances to the last level's codes. Only
+    overflowing prefixes are visited (rare outside a collapsed tokenizer), so the loop is short.
+    """
+    prefix = prefix.clone()
+    keys = _prefix_keys(prefix, code_num)
+    uniq, counts = torch.unique(keys, return_counts=True)
+    over = uniq[counts > code_num]
+    if over.numel() == 0:
+        return prefix, 0
+    count = dict(zip(uniq.tolist(), counts.tolist()))
+    moved = 0
+    for key in over.tolist():
+        members = (keys == key).nonzero().flatten()
+        # keep the code_num items closest to the shared code; move the rest
+        own = last_distances[members, prefix[members, -1]]
+        excess = members[own.argsort(descending=True)[:count[key] - code_num]]
+        for item in excess.tolist():
+            parent = int(keys[item]) - int(prefix[item, -1])
+            for code in last_distances[item].argsort().tolist():
+                if count.get(parent + code, 0) < code_num:
+                    count[key] -= 1
+                    count[parent + code] = count.get(parent + code, 0) + 1
+                    prefix[item, -1] = code
+                    moved += 1
+                    break
+            else:
+                raise CodeTableError("no free code prefix left for an item: the catalogue "
+                                     "needs more levels or a larger code_num")
+    return prefix, moved
+
+
 class CodeTable:
     """Item codes with the inverse lookup and the trie, for items 1..N (row 0 = padding)."""
 

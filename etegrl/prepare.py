@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,18 +21,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import save_file
 
-from .config import ConfigError, config_help, parse_args, save_config  # noqa: F401
+from .config import ConfigError, parse_args
 from .data import DataError, build_splits, load_processed, read_source, save_processed
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
                          tag_features)
 from .embeddings.sasrec import SASRecConfig, train_sasrec
 from .embeddings.text import encode_texts
-
-DONE = "PREPARED"
-
+from .runs import claim_output, mark_done
 
 @dataclass
 class DataConfig:
@@ -86,31 +82,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _claim_output(cfg: PrepareConfig, out: Path) -> bool:
-    """True when ``out`` already holds this exact finished run (nothing to do)."""
-    saved = out / "prepare_config.yaml"
-    if saved.is_file() and not cfg.overwrite:
-        current = {k: v for k, v in vars(cfg).items() if k != "overwrite"}
-        previous = yaml.safe_load(saved.read_text()) or {}
-        previous.pop("overwrite", None)
-        if previous != current:
-            changed = sorted(k for k in current.keys() | previous.keys()
-                             if current.get(k) != previous.get(k))
-            raise ConfigError(
-                f"output_dir {out} holds another preparation (keys that differ: "
-                f"{', '.join(changed)}); choose another output_dir or set overwrite=true")
-        if (out / DONE).is_file():
-            return True
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
-    return False
-
-
 def run(cfg: PrepareConfig, log=print) -> dict:
     out = Path(cfg.output_dir)
-    if _claim_output(cfg, out):
+    if claim_output(cfg, out, "prepare"):
         log(f"{out}: already prepared with this config; nothing to do (overwrite=true redoes it)")
         return json.loads((out / "summary.json").read_text())
     seed_everything(cfg.seed)
@@ -170,7 +144,7 @@ def run(cfg: PrepareConfig, log=print) -> dict:
     summary["seconds"] = time.perf_counter() - t0
     log(f"semantic embedding: {semantic.shape[1]}-d from {dims}; done in {summary['seconds']:.1f}s")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / DONE).write_text("ok\n")
+    mark_done(out)
     return summary
 
 

@@ -127,14 +127,16 @@ class RQVAE(nn.Module):
         return self.code_logits(self.quantizer(z).distances)
 
     @torch.no_grad()
-    def encode_items(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """3-level code prefixes of every row of ``x`` (eval mode, no Gumbel noise)."""
+    def encode_items(self, x: torch.Tensor, batch_size: int = 4096):
+        """Code prefixes ``[N, levels]`` of every row of ``x`` and the squared distances of the
+        last level's residual to its codes ``[N, code_num]`` (eval mode, no Gumbel noise)."""
         was = self.training
         self.eval()
-        out = torch.cat([self.quantizer(self.encoder(x[i:i + batch_size])).codes
-                         for i in range(0, len(x), batch_size)])
+        outs = [self.quantizer(self.encoder(x[i:i + batch_size]))
+                for i in range(0, len(x), batch_size)]
         self.train(was)
-        return out
+        return (torch.cat([o.codes for o in outs]),
+                torch.cat([o.distances[:, -1] for o in outs]))
 
     def init_codebooks(self, x: torch.Tensor, seed: int = 0) -> None:
         with torch.no_grad():

@@ -1,0 +1,70 @@
+"""Checkpoints: a folder with the recommender (``save_pretrained``), the tokenizer and the
+item codes (safetensors) and a JSON of facts; written under a temporary name and renamed, so
+a kill during a save never leaves a half-written checkpoint where a good one was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .codes import CodeTable
+from .model import ETEGRecModel
+from .tokenizer import RQVAE
+
+
+class CheckpointError(ValueError):
+    """A missing or mismatching checkpoint."""
+
+
+def save_checkpoint(path: str | Path, *, model: ETEGRecModel, tokenizer: RQVAE,
+                    table: CodeTable, tokenizer_args: dict, info: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tokenizer.state_dict().items()},
+              str(tmp / "tokenizer.safetensors"))
+    save_file({"codes": table.codes.cpu().contiguous()}, str(tmp / "codes.safetensors"))
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_args, indent=2))
+    (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> dict:
+    """→ {model, tokenizer, table, tokenizer_args, info}; every state dict loads strictly."""
+    path = Path(path)
+    need = ["config.json", "tokenizer.safetensors", "codes.safetensors", "tokenizer_config.json"]
+    missing = [n for n in need if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint (missing {', '.join(missing)})")
+    model, report = ETEGRecModel.from_pretrained(path, output_loading_info=True)
+    bad = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys",
+                                                     "mismatched_keys") and v}
+    if bad:  # transformers only warns; a checkpoint that does not match must not load
+        raise CheckpointError(f"{path}: model weights do not match config.json: {bad}")
+    model = model.to(device)
+    args = json.loads((path / "tokenizer_config.json").read_text())
+    tokenizer = RQVAE(**args)
+    try:
+        tokenizer.load_state_dict(load_file(str(path / "tokenizer.safetensors")), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path / 'tokenizer.safetensors'}: does not match "
+                              f"tokenizer_config.json: {err}") from None
+    codes = load_file(str(path / "codes.safetensors"))["codes"]
+    table = CodeTable(codes[1:], code_num=model.config.code_num).to(device)
+    info = json.loads((path / "info.json").read_text()) if (path / "info.json").is_file() else {}
+    return {"model": model, "tokenizer": tokenizer.to(device), "table": table,
+            "tokenizer_args": args, "info": info}
