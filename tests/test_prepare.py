@@ -51,7 +51,7 @@ def test_prepare_end_to_end(toy):
 def test_output_dir_holding_another_run_is_an_error(toy):
     run(toy_config(toy), log=lambda *_: None)
     before = (toy / "out" / "embeddings" / "semantic.safetensors").read_bytes()
-    with pytest.raises(ConfigError, match=r"holds another preparation \(keys that differ: max_len\)"):
+    with pytest.raises(ConfigError, match=r"holds another prepare run \(keys that differ: max_len\)"):
         run(toy_config(toy, max_len=6), log=lambda *_: None)
     assert (toy / "out" / "embeddings" / "semantic.safetensors").read_bytes() == before
     run(toy_config(toy, max_len=6, overwrite=True), log=lambda *_: None)
