@@ -61,7 +61,7 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
     offsets = (torch.arange(n, device=device) * k).unsqueeze(1)
     for t in range(1, code_len):
         step_in = model.code_embeddings[t - 1](seqs[:, :, -1].reshape(-1)).unsqueeze(1)
-        out = model.t5.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded_b,
+        out = model.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded_b,
                                encoder_attention_mask=mask_b, cache=cache, use_cache=True)
         logits = model.code_logits(out.last_hidden_state, start=t)[:, 0]
         logp = _step_logprobs(logits, table.allowed(seqs.reshape(n * k, t)), logprob)

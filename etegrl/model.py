@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel, T5Config, T5Model
+import copy
+
+from transformers import PretrainedConfig, PreTrainedModel, T5Config
+from transformers.models.t5.modeling_t5 import T5Stack
 
 
 class ETEGRecConfig(PretrainedConfig):
@@ -31,7 +34,7 @@ class ETEGRecConfig(PretrainedConfig):
         self.initializer_range, self.feed_forward_proj = initializer_range, feed_forward_proj
 
     def t5_config(self) -> T5Config:
-        # The T5 stacks never see token ids (we pass embeddings), so its vocabulary is 1 row.
+        # The T5 stacks never see token ids (we pass embeddings): a 1-row vocabulary.
         return T5Config(vocab_size=1, d_model=self.d_model, d_ff=self.d_ff, d_kv=self.d_kv,
                         num_layers=self.num_layers, num_decoder_layers=self.num_decoder_layers,
                         num_heads=self.num_heads, dropout_rate=self.dropout_rate,
@@ -49,7 +52,15 @@ class ETEGRecModel(PreTrainedModel):
         self.code_embeddings = nn.ModuleList(
             [nn.Embedding(config.code_num, config.d_model) for _ in range(config.code_len)])
         self.bos = nn.Parameter(torch.zeros(config.d_model))
-        self.t5 = T5Model(config.t5_config())
+        t5 = config.t5_config()
+        dec = copy.deepcopy(t5)
+        dec.is_decoder, dec.num_layers = True, config.num_decoder_layers
+        t5.is_decoder, t5.use_cache = False, False
+        self.encoder, self.decoder = T5Stack(t5), T5Stack(dec)
+        # The stacks only ever get embeddings (per-position code tables below), so their own
+        # token tables are dropped rather than left as untrained parameters.
+        self.encoder.embed_tokens = None
+        self.decoder.embed_tokens = None
         self.sia_adapter = nn.Linear(config.d_model, config.e_dim)
         self.psa_adapter = nn.Linear(config.d_model, config.semantic_dim)
         self.post_init()
@@ -90,14 +101,14 @@ class ETEGRecModel(PreTrainedModel):
 
     # ---- passes -----------------------------------------------------------------------
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.t5.encoder(inputs_embeds=self.embed_history(tokens),
+        return self.encoder(inputs_embeds=self.embed_history(tokens),
                                attention_mask=mask).last_hidden_state
 
     def decode(self, encoded: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor,
                cache=None):
         """Teacher-forced decoder over BOS + ``codes`` → (hidden ``[B, T, d]``, cache); a cache
         passed in is filled in place."""
-        out = self.t5.decoder(inputs_embeds=self.decoder_inputs(codes),
+        out = self.decoder(inputs_embeds=self.decoder_inputs(codes),
                               encoder_hidden_states=encoded, encoder_attention_mask=mask,
                               cache=cache, use_cache=cache is not None)
         return out.last_hidden_state, cache

@@ -223,7 +223,7 @@ class PretrainStage:
         self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]
         test = self.evaluate("test")
         results = {"mode": cfg.mode, "best_epoch": best_epoch, "valid": best["info"]["valid"],
-                   "test": test, "codes": self.table.stats(), "train_seconds": train_seconds,
+                   "test": test, "codes": best["info"]["codes"], "train_seconds": train_seconds,
                    "protocol": PROTOCOL.format(beam=cfg.beam, code_len=self.table.code_len),
                    "loss_weights": {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia,
                                     "psa": cfg.w_psa}}

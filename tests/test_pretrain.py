@@ -1,0 +1,126 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from safetensors.torch import load_file, save_file
+
+from etegrl.checkpoint import CheckpointError, load_checkpoint
+from etegrl.data import RawData, build_splits, save_processed
+from etegrl.embeddings import load_embedding, save_embedding
+from etegrl.generation import beam_search
+from pretrain.__main__ import main
+from pretrain.config import PretrainConfig
+from pretrain.loop import PretrainStage
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """40 users walking a 30-item catalogue; a random 24-d semantic embedding per item."""
+    root = tmp_path_factory.mktemp("tiny")
+    seqs = {f"u{u}": [str((u * 7 + 3 * k) % 30 + 1) for k in range(9)] for u in range(40)}
+    data = build_splits(RawData(sequences=seqs, source="tiny"), max_len=8)
+    save_processed(data, root / "data")
+    g = torch.Generator().manual_seed(0)
+    semantic = torch.cat([torch.zeros(1, 24), torch.randn(data.n_items, 24, generator=g)])
+    save_embedding(semantic, root / "data" / "embeddings" / "semantic.safetensors")
+    return root
+
+
+def tiny_config(root, **kw):
+    values = dict(data_dir=str(root / "data"), output_dir=str(root / "out"), d_model=32, d_ff=64,
+                  num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16, max_len=8,
+                  code_num=8, levels=3, e_dim=8, tok_hidden=[32], tokenizer_pretrain_epochs=5,
+                  epochs=4, warmup_epochs=1, cycle=2, batch_size=64, eval_every=1, patience=0,
+                  beam=20, progress=False, lr_id=1e-2, seed=0)
+    values.update(kw)
+    return PretrainConfig(**values)
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(before, module):
+    return {k for k, v in module.named_parameters() if not torch.equal(before[k], v.detach())}
+
+
+def test_alternation_freezes_the_right_half(tiny_data):
+    stage = PretrainStage(tiny_config(tiny_data, w_sia=0.1, w_psa=0.1), log=lambda *_: None)
+    stage.setup()
+    assert [stage.epoch_kind(e) for e in range(4)] == ["warmup", "recommender", "tokenizer", "recommender"]
+    tok, rec = snapshot(stage.tokenizer), snapshot(stage.model)
+    assert stage.run_epoch(0) == "warmup"
+    assert changed(tok, stage.tokenizer) == set()
+    warm = changed(rec, stage.model)
+    assert not any(k.startswith(("sia_adapter", "psa_adapter")) for k in warm)  # no SIA/PSA yet
+    tok, rec = snapshot(stage.tokenizer), snapshot(stage.model)
+    assert stage.run_epoch(1) == "recommender"
+    assert changed(tok, stage.tokenizer) == set()
+    assert changed(rec, stage.model) == set(rec)  # every recommender parameter trained
+    tok, rec = snapshot(stage.tokenizer), snapshot(stage.model)
+    table_before = stage.table
+    assert stage.run_epoch(2) == "tokenizer"
+    assert changed(rec, stage.model) == set()
+    assert changed(tok, stage.tokenizer) == set(tok)  # every tokenizer parameter trained
+    # the codes were rebuilt from the trained tokenizer
+    assert stage.table is not table_before
+    prefix, _ = stage.tokenizer.encode_items(stage.semantic[1:])
+    assert torch.equal(stage.table.codes[1:, :3], prefix)
+    stage.cleanup()
+
+
+def test_tiger_mode_never_touches_the_tokenizer(tiny_data):
+    stage = PretrainStage(tiny_config(tiny_data, mode="tiger", output_dir=str(tiny_data / "t")),
+                          log=lambda *_: None)
+    stage.setup()
+    tok = snapshot(stage.tokenizer)
+    codes = stage.table.codes.clone()
+    for e in range(3):
+        assert stage.run_epoch(e) == "tiger"
+    assert changed(tok, stage.tokenizer) == set() and torch.equal(codes, stage.table.codes)
+    stage.cleanup()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data):
+    out = tiny_data / "run"
+    assert main([f"data_dir={tiny_data / 'data'}", f"output_dir={out}", "d_model=32", "d_ff=64",
+                 "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16", "max_len=8",
+                 "code_num=8", "e_dim=8", "tok_hidden=[32]", "tokenizer_pretrain_epochs=5",
+                 "epochs=3", "warmup_epochs=1", "batch_size=64", "progress=false"]) == 0
+    return out
+
+
+def test_stage_end_to_end_and_checkpoint_round_trip(tiny_data, trained_run):
+    out = trained_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["test"]) >= {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10",
+                                    "coverage@10"}
+    assert len((out / "log.jsonl").read_text().splitlines()) > 3
+    a = load_checkpoint(out / "best")
+    b = load_checkpoint(out / "best")
+    hist = torch.tensor([[1, 2, 3, 0], [5, 6, 7, 8]])
+    beams_a = beam_search(a["model"], a["table"], hist)
+    beams_b = beam_search(b["model"], b["table"], hist)
+    assert torch.equal(beams_a["items"], beams_b["items"])
+    assert torch.allclose(beams_a["scores"], beams_b["scores"])
+    # the tokenizer round-trips too: it gives the saved codes' prefixes again
+    semantic = load_embedding(tiny_data / "data" / "embeddings" / "semantic.safetensors")
+    prefix, _ = a["tokenizer"].encode_items(semantic[1:])
+    if results["codes"]["reassigned_items"] == 0:
+        assert torch.equal(prefix, a["table"].codes[1:, :3])
+
+
+def test_mismatched_checkpoint_fails_loudly(trained_run, tmp_path):
+    out = trained_run
+    bad = tmp_path / "bad"
+    shutil.copytree(out / "best", bad)
+    state = load_file(str(bad / "tokenizer.safetensors"))
+    state.pop(next(iter(state)))
+    save_file(state, str(bad / "tokenizer.safetensors"))
+    with pytest.raises(CheckpointError, match="tokenizer.safetensors: does not match"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
