@@ -13,23 +13,20 @@ then the test split with the best checkpoint.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from etegrl.checkpoint import load_checkpoint, save_checkpoint
 from etegrl.codes import CodeTable, assign_suffixes, reassign_overflow
 from etegrl.data import load_processed
 from etegrl.embeddings import load_embedding
-from etegrl.evaluation import PROTOCOL, evaluate_generative
 from etegrl.losses import code_loss, psa_loss, sia_loss
 from etegrl.model import ETEGRecConfig, ETEGRecModel, history_tokens
+from etegrl.stage import Stage
 from etegrl.tokenizer import RQVAE
-from etegrl.training import EarlyStopping, RowEpochs, adamw_cosine
+from etegrl.training import RowEpochs, adamw_cosine
 
 from .config import PretrainConfig
 
@@ -39,10 +36,9 @@ def set_trainable(module: torch.nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-class PretrainStage:
-    def __init__(self, cfg: PretrainConfig, log=print):
-        self.cfg, self.log = cfg, log
-        self.out = Path(cfg.output_dir)
+class PretrainStage(Stage):
+    name = "pretrain"
+    cfg: PretrainConfig
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -60,8 +56,7 @@ class PretrainStage:
             levels=cfg.levels, code_num=cfg.code_num, beta=cfg.beta, dropout=cfg.tok_dropout,
             quantize_mode=cfg.quantize_mode, gumbel_tau=cfg.gumbel_tau, logit_sign=cfg.logit_sign)
         self.tokenizer = RQVAE(**self.tokenizer_args).to(self.device)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(self.out / "log.jsonl", "a")
+        self.open_log()
         self.pretrain_tokenizer()
         self.rebuild_codes()
         self.model = ETEGRecModel(ETEGRecConfig(
@@ -81,7 +76,6 @@ class PretrainStage:
             self.tokenizer.parameters(), lr=cfg.lr_id, weight_decay=cfg.weight_decay,
             total_steps=per_epoch * max(1, sum(k == "tokenizer" for k in kinds)),
             warmup_ratio=cfg.warmup_ratio)
-        self.step = 0
 
     def pretrain_tokenizer(self) -> None:
         """k-means initialisation, then the RQ-VAE alone on the item embeddings (TIGER's stage 1;
@@ -160,83 +154,14 @@ class PretrainStage:
         self.model.train(not train_tok)
         self.tokenizer.train(train_tok)
         opt, sched = (self.opt_id, self.sched_id) if train_tok else (self.opt_rec, self.sched_rec)
-        sums: dict[str, float] = {}
-        n = 0
-        bar = tqdm(self.rows.epoch(self.device), total=self.rows.batches_per_epoch(),
-                   desc=f"epoch {epoch} ({kind})", disable=not self.cfg.progress, leave=False)
-        for hist, targets in bar:
-            losses = self.batch_losses(hist, targets, kind)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            sched.step()
-            self.step += 1
-            values = {k: v.item() for k, v in losses.items()}
-            self.write_log({"epoch": epoch, "step": self.step, "kind": kind, **values})
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            bar.set_postfix(loss=f"{values['total']:.4f}")
+        self.fit_epoch(epoch, kind, self.rows.epoch(self.device), self.rows.batches_per_epoch(),
+                       lambda hist, targets: self.batch_losses(hist, targets, kind), opt, sched)
         if train_tok:
             self.rebuild_codes()
-        self.last_epoch_losses = {k: v / max(1, n) for k, v in sums.items()}
         return kind
 
-    # ------------------------------------------------------------------ train / evaluate
-    def evaluate(self, split: str, max_users: int = 0) -> dict:
-        return evaluate_generative(
-            self.model, self.table, self.data.splits[split], max_len=self.cfg.max_len,
-            beam=self.cfg.beam, batch_size=self.cfg.eval_batch_size, logprob=self.cfg.logprob,
-            device=self.device, max_users=max_users, progress=self.cfg.progress)
-
-    def save(self, name: str, info: dict) -> None:
-        save_checkpoint(self.out / name, model=self.model, tokenizer=self.tokenizer,
-                        table=self.table, tokenizer_args=self.tokenizer_args, info=info)
-
-    def train(self) -> dict:
+    def checkpoint_info(self) -> dict:
         cfg = self.cfg
-        start = time.perf_counter()
-        stopper = EarlyStopping(cfg.patience)
-        best_epoch = -1
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            kind = self.run_epoch(epoch)
-            last = epoch == cfg.epochs - 1
-            if (epoch + 1) % cfg.eval_every and not last:
-                continue
-            valid = self.evaluate("valid", cfg.valid_users)
-            losses = " ".join(f"{k} {v:.4f}" for k, v in self.last_epoch_losses.items())
-            self.log(f"epoch {epoch:3d} {kind:11s} {losses} | valid recall@10 "
-                     f"{valid['recall@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} "
-                     f"({time.perf_counter() - t0:.1f}s)")
-            self.write_log({"epoch": epoch, "kind": kind, "valid": valid,
-                            "codes": self.code_stats})
-            if stopper.update(valid["ndcg@10"]):
-                best_epoch = epoch
-                self.save("best", {"epoch": epoch, "valid": valid, "codes": self.code_stats,
-                                   "mode": cfg.mode})
-            if stopper.stop:
-                self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} evaluations")
-                break
-        train_seconds = time.perf_counter() - start
-        best = load_checkpoint(self.out / "best", device=self.device)
-        self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]
-        test = self.evaluate("test")
-        results = {"mode": cfg.mode, "best_epoch": best_epoch, "valid": best["info"]["valid"],
-                   "test": test, "codes": best["info"]["codes"], "train_seconds": train_seconds,
-                   "protocol": PROTOCOL.format(beam=cfg.beam, code_len=self.table.code_len),
-                   "loss_weights": {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia,
-                                    "psa": cfg.w_psa}}
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
-        self.log(f"test ({results['protocol']}): " + " ".join(
-            f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
-            + f" | distinct top-1 {test['distinct_top1']} | {train_seconds:.0f}s")
-        return results
-
-    def write_log(self, record: dict) -> None:
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
-
-    def cleanup(self) -> None:
-        if getattr(self, "log_file", None):
-            self.log_file.close()
+        return {"mode": cfg.mode, "codes": self.code_stats,
+                "loss_weights": {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia,
+                                 "psa": cfg.w_psa}}
