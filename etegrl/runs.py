@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -46,3 +48,39 @@ def claim_output(cfg, out: str | Path, what: str) -> bool:
 
 def mark_done(out: str | Path) -> None:
     (Path(out) / DONE).write_text("ok\n")
+
+
+def run_stage(config_cls, stage_cls, argv=None, *, prog: str) -> int:
+    """The ``__main__`` of a training stage: parse the config, claim the output folder, run
+    setup/train/cleanup; bad input of any kind ends as one ``error:`` line and exit code 2."""
+    from accelerate import PartialState
+
+    from .checkpoint import CheckpointError
+    from .codes import CodeTableError
+    from .config import ConfigError, parse_args
+    from .data import DataError
+    from .embeddings import EmbeddingError
+
+    # One process trains for now; the others leave at once (multi-process training is planned).
+    if not PartialState().is_main_process:
+        return 0
+    errors = (ConfigError, DataError, EmbeddingError, CodeTableError, CheckpointError)
+    try:
+        cfg = parse_args(config_cls, argv, prog=prog)
+        if claim_output(cfg, cfg.output_dir, stage_cls.name):
+            results = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+            print(f"{cfg.output_dir}: finished with this config; test "
+                  f"{ {k: round(v, 4) for k, v in results['test'].items()} } "
+                  f"(overwrite=true redoes it)")
+            return 0
+        stage = stage_cls(cfg)
+        try:
+            stage.setup()
+            stage.train()
+        finally:
+            stage.cleanup()
+        mark_done(cfg.output_dir)
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -7,25 +7,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from etegrl.checkpoint import CheckpointError, load_checkpoint
-from etegrl.data import RawData, build_splits, save_processed
-from etegrl.embeddings import load_embedding, save_embedding
+from etegrl.embeddings import load_embedding
 from etegrl.generation import beam_search
 from pretrain.__main__ import main
 from pretrain.config import PretrainConfig
 from pretrain.loop import PretrainStage
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """40 users walking a 30-item catalogue; a random 24-d semantic embedding per item."""
-    root = tmp_path_factory.mktemp("tiny")
-    seqs = {f"u{u}": [str((u * 7 + 3 * k) % 30 + 1) for k in range(9)] for u in range(40)}
-    data = build_splits(RawData(sequences=seqs, source="tiny"), max_len=8)
-    save_processed(data, root / "data")
-    g = torch.Generator().manual_seed(0)
-    semantic = torch.cat([torch.zeros(1, 24), torch.randn(data.n_items, 24, generator=g)])
-    save_embedding(semantic, root / "data" / "embeddings" / "semantic.safetensors")
-    return root
 
 
 def tiny_config(root, **kw):
@@ -81,16 +67,6 @@ def test_tiger_mode_never_touches_the_tokenizer(tiny_data):
         assert stage.run_epoch(e) == "tiger"
     assert changed(tok, stage.tokenizer) == set() and torch.equal(codes, stage.table.codes)
     stage.cleanup()
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_data):
-    out = tiny_data / "run"
-    assert main([f"data_dir={tiny_data / 'data'}", f"output_dir={out}", "d_model=32", "d_ff=64",
-                 "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16", "max_len=8",
-                 "code_num=8", "e_dim=8", "tok_hidden=[32]", "tokenizer_pretrain_epochs=5",
-                 "epochs=3", "warmup_epochs=1", "batch_size=64", "progress=false"]) == 0
-    return out
 
 
 def test_stage_end_to_end_and_checkpoint_round_trip(tiny_data, trained_run):

@@ -1,0 +1,1 @@
+"""The finetune stage: ``accelerate launch -m finetune --config configs/<dataset>/finetune.yaml``."""

@@ -1,0 +1,73 @@
+"""Finetuning: the pretrained recommender on the code cross-entropy alone, the tokenizer and
+the item codes fixed, a fresh AdamW with a cosine schedule, best checkpoint by validation
+NDCG@10 (the official ETEGRec finetune, with every hyper-parameter in the config)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from etegrl.checkpoint import CheckpointError, load_checkpoint
+from etegrl.data import load_processed
+from etegrl.lora import apply_lora, merged_copy
+from etegrl.losses import code_loss
+from etegrl.model import history_tokens
+from etegrl.stage import Stage
+from etegrl.training import RowEpochs, adamw_cosine
+
+from .config import FinetuneConfig
+
+
+class FinetuneStage(Stage):
+    name = "finetune"
+    cfg: FinetuneConfig
+
+    def setup(self) -> None:
+        from accelerate import PartialState
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.device = PartialState().device
+        self.data = load_processed(cfg.data_dir)
+        ckpt = load_checkpoint(cfg.checkpoint, device=self.device)
+        self.model, self.tokenizer, self.table = ckpt["model"], ckpt["tokenizer"], ckpt["table"]
+        self.tokenizer_args, self.source_info = ckpt["tokenizer_args"], ckpt["info"]
+        if self.table.n_items != self.data.n_items:
+            raise CheckpointError(f"{cfg.checkpoint} has codes for {self.table.n_items} items, "
+                             f"{cfg.data_dir} has {self.data.n_items}")
+        if cfg.dropout_rate >= 0:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = cfg.dropout_rate
+        self.tokenizer.requires_grad_(False).eval()
+        self.peft = None
+        if cfg.use_lora:
+            self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                   dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+        self.open_log()
+        self.rows = RowEpochs(self.data.splits["train"], batch_size=cfg.batch_size,
+                              max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed)
+        self.opt, self.sched = adamw_cosine(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+            total_steps=self.rows.batches_per_epoch() * cfg.epochs, warmup_ratio=cfg.warmup_ratio)
+
+    def batch_losses(self, hist, targets):
+        tokens, mask = history_tokens(hist, self.table.codes)
+        target_codes = self.table.codes[targets]
+        out = self.model(tokens, mask, target_codes)
+        loss = code_loss(out["logits"], target_codes)
+        return {"code": loss, "total": loss}
+
+    def run_epoch(self, epoch: int) -> str:
+        self.model.train()
+        self.fit_epoch(epoch, "finetune", self.rows.epoch(self.device),
+                       self.rows.batches_per_epoch(), self.batch_losses, self.opt, self.sched)
+        return "finetune"
+
+    def export_model(self):
+        return merged_copy(self.peft) if self.peft is not None else self.model
+
+    def checkpoint_info(self) -> dict:
+        return {"from": self.cfg.checkpoint, "lora": self.cfg.use_lora,
+                "codes": self.source_info.get("codes", {})}

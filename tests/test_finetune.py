@@ -1,0 +1,70 @@
+import json
+
+import torch
+
+from etegrl.checkpoint import load_checkpoint
+from finetune.__main__ import main
+from finetune.config import FinetuneConfig
+from finetune.loop import FinetuneStage
+
+
+def config(tiny_data, trained_run, out, **kw):
+    values = dict(data_dir=str(tiny_data / "data"), checkpoint=str(trained_run / "best"),
+                  output_dir=str(out), max_len=8, epochs=2, batch_size=64, lr=5e-3,
+                  progress=False, patience=0)
+    values.update(kw)
+    return FinetuneConfig(**values)
+
+
+def test_finetune_trains_the_recommender_only(tiny_data, trained_run, tmp_path):
+    stage = FinetuneStage(config(tiny_data, trained_run, tmp_path / "ft"), log=lambda *_: None)
+    stage.setup()
+    model_before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    tok_before = {k: v.clone() for k, v in stage.tokenizer.state_dict().items()}
+    codes_before = stage.table.codes.clone()
+    stage.run_epoch(0)
+    unchanged = {k for k, v in stage.model.named_parameters() if torch.equal(model_before[k], v)}
+    # the SIA/PSA adapters serve pretraining's alignment losses only; all the rest trains
+    assert unchanged == {"sia_adapter.weight", "sia_adapter.bias", "psa_adapter.weight",
+                         "psa_adapter.bias"}
+    assert all(torch.equal(tok_before[k], v) for k, v in stage.tokenizer.state_dict().items())
+    assert torch.equal(codes_before, stage.table.codes)
+    stage.cleanup()
+
+
+def test_finetune_end_to_end(tiny_data, trained_run, tmp_path):
+    out = tmp_path / "ft"
+    assert main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                 f"output_dir={out}", "max_len=8", "epochs=2", "batch_size=64",
+                 "progress=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["stage"] == "finetune" and "ndcg@10" in results["test"]
+    pre = load_checkpoint(trained_run / "best")
+    post = load_checkpoint(out / "best")
+    assert torch.equal(pre["table"].codes, post["table"].codes)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_plain_model(tiny_data, trained_run, tmp_path):
+    out = tmp_path / "lora"
+    stage = FinetuneStage(config(tiny_data, trained_run, out, use_lora=True, lora_r=4,
+                                 epochs=1, lr=1e-2), log=lambda *_: None)
+    stage.setup()
+    trainable = {n for n, p in stage.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.clone() for n, p in stage.model.named_parameters()}
+    stage.run_epoch(0)
+    for n, p in stage.model.named_parameters():
+        if "lora_B" in n:
+            assert not torch.equal(before[n], p), n  # B starts at zero, so it must have moved
+        elif n not in trainable:
+            assert torch.equal(before[n], p), n
+    stage.train()
+    stage.cleanup()
+    best = load_checkpoint(out / "best")  # strict load: a plain ETEGRecModel, no lora keys
+    names = [n for n, _ in best["model"].named_parameters()]
+    assert not any("lora" in n for n in names)
+    pre = load_checkpoint(trained_run / "best")["model"].state_dict()
+    merged = best["model"].state_dict()
+    changed = [k for k in pre if not torch.equal(pre[k], merged[k])]
+    assert changed and all(k.endswith((".q.weight", ".k.weight", ".v.weight", ".o.weight"))
+                           for k in changed)
