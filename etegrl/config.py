@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import sys
 import types
 import typing
@@ -87,6 +88,11 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise TypeError
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -198,7 +204,23 @@ def parse_args(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T
     return load_config(cls, path, rest)
 
 
+def plain(value: Any) -> Any:
+    """A YAML-safe copy of a config value (enums by value, unknown objects as text)."""
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def config_values(config: Any) -> dict[str, Any]:
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+
+
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config next to a run's outputs, so a run can be repeated exactly."""
-    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(config_values(config), sort_keys=False))

@@ -96,3 +96,24 @@ def score_items(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor,
         lp = _step_logprobs(logits[:, t], allowed, logprob)
         total = total + lp.gather(1, codes[:, t:t + 1]).squeeze(1)
     return total.reshape(n, m)
+
+
+@torch.no_grad()
+def sample_items(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, *, n: int,
+                 temperature: float = 1.0, generator: torch.Generator | None = None):
+    """``n`` items per history by ancestral sampling over valid codes → items ``[B, n]`` and
+    codes ``[B, n, code_len]`` (items may repeat; the caller keeps the distinct ones)."""
+    was_training = model.training
+    model.eval()
+    tokens, mask = history_tokens(histories, table.codes)
+    encoded = model.encode(tokens, mask).repeat_interleave(n, 0)
+    mask = mask.repeat_interleave(n, 0)
+    codes = tokens.new_zeros(encoded.shape[0], 0)
+    for t in range(table.code_len):  # 4 short steps: re-running the prefix costs little
+        hidden, _ = model.decode(encoded, mask, codes)
+        logits = model.code_logits(hidden[:, -1:], start=t)[:, 0] / temperature
+        probs = torch.softmax(logits.masked_fill(~table.allowed(codes), float("-inf")), -1)
+        codes = torch.cat([codes, torch.multinomial(probs, 1, generator=generator)], 1)
+    model.train(was_training)
+    b = histories.shape[0]
+    return {"items": table.items_of(codes).reshape(b, n), "codes": codes.reshape(b, n, -1)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, save_config
+from .config import ConfigError, config_values, save_config
 
 DONE = "DONE"
 
@@ -23,8 +22,8 @@ def claim_output(cfg, out: str | Path, what: str) -> bool:
     """
     out = Path(out)
     saved = out / f"{what}_config.yaml"
-    current = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-               if f.init and f.name != "overwrite"}
+    current = config_values(cfg)
+    current.pop("overwrite", None)
     if saved.is_file() and not cfg.overwrite:
         previous = yaml.safe_load(saved.read_text()) or {}
         previous.pop("overwrite", None)

@@ -22,6 +22,7 @@ from .training import EarlyStopping
 
 class Stage:
     name = "stage"
+    validate_first = False  # validate (and checkpoint) the starting model before training
 
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
@@ -91,6 +92,13 @@ class Stage:
         start = time.perf_counter()
         stopper = EarlyStopping(cfg.patience)
         best_epoch = -1
+        if self.validate_first:
+            valid = self.evaluate("valid", cfg.valid_users)
+            self.log(f"start (epoch -1): valid recall@10 {valid['recall@10']:.4f} "
+                     f"ndcg@10 {valid['ndcg@10']:.4f}")
+            self.write_log({"epoch": -1, "kind": "start", "valid": valid})
+            stopper.update(valid["ndcg@10"])
+            self.save("best", {"epoch": -1, "valid": valid, **self.checkpoint_info()})
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             kind = self.run_epoch(epoch)

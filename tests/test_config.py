@@ -27,6 +27,7 @@ def test_yaml_then_overrides(tmp_path):
 def test_int_accepted_for_float_and_single_item_list(tmp_path):
     cfg = load_config(Cfg, None, ["lr=1", "parts=text"])
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.parts == ["text"]
+    assert load_config(Cfg, None, ["lr=1e-3"]).lr == 0.001  # YAML 1.1 reads 1e-3 as text
 
 
 def test_unknown_key_in_file_names_file_and_lists_valid_keys(tmp_path):

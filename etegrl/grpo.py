@@ -1,0 +1,84 @@
+"""GRPO for item codes: group advantages, per-code log-probabilities, KL, clipped surrogate.
+
+trl's ``GRPOTrainer`` drives causal language models only (prompt and completion in one token
+stream, its own generation); our policy is an encoder-decoder over item codes with
+trie-constrained groups, so the loop is ours. The formulas follow trl's ``_compute_loss``
+exactly for the loss types whose meaning carries over (grpo, bnpo, dr_grpo, dapo); trl's
+``selective_log_softmax`` and ``nanstd`` are used as they are. Every completion here has the same
+length (code_len codes) and no padding, so the four aggregations give the same number; they are
+kept so that ``loss_type`` means what trl's documentation says.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from trl.trainer.utils import nanstd, selective_log_softmax
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4):
+    """``rewards [U, G]`` → advantages ``[U, G]`` and the share of groups whose rewards are all
+    equal (no learning signal; trl's ``frac_reward_zero_std``)."""
+    mean = rewards.nanmean(1, keepdim=True)
+    std = nanstd(rewards, dim=1).unsqueeze(1) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    advantages = rewards - mean
+    if scale in ("group", "true", True):
+        advantages = advantages / (std + eps)
+    elif scale == "batch":
+        advantages = advantages / (nanstd(rewards.reshape(-1), dim=0) + eps)
+    elif scale not in ("none", "false", False):
+        raise ValueError(f"scale_rewards must be group, batch or none, not {scale!r}")
+    zero_std = torch.isclose(std, torch.zeros_like(std)).float().mean().item()
+    return torch.nan_to_num(advantages, nan=0.0), zero_std
+
+
+def code_logprobs(logits: torch.Tensor, codes: torch.Tensor, allowed: torch.Tensor | None = None):
+    """Per-code log-probabilities ``[N, T]`` of ``codes`` under ``logits [N, T, C]``: a softmax
+    over all codes, or, with ``allowed [N, T, C]``, renormalised over the trie's valid codes."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return selective_log_softmax(logits, codes)
+
+
+def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, allowed: torch.Tensor | None = None):
+    """KL(π‖π_ref) at every code position ``[N, T]``, summed over all codes (cheap: T = 4)."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        ref_logits = ref_logits.masked_fill(~allowed, float("-inf"))
+    lp, lq = F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1)
+    return torch.where(lp.isfinite(), lp.exp() * (lp - lq), torch.zeros_like(lp)).sum(-1)
+
+
+def grpo_loss(logps, old_logps, advantages, *, ref_logps=None, kl=None, beta: float = 0.0,
+              epsilon_low: float = 0.2, epsilon_high: float = 0.2, loss_type: str = "dapo",
+              max_completion_length: int | None = None):
+    """trl's clipped surrogate with a KL penalty. ``logps``/``old_logps``/``ref_logps``:
+    ``[N, T]``; ``advantages``: ``[N]``; ``kl``: an exact per-token KL ``[N, T]`` to use instead
+    of trl's k3 estimator. Returns (loss, metrics)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r} is not supported here; use one of {LOSS_TYPES}")
+    adv = advantages.unsqueeze(1)
+    coef_1 = torch.exp(logps - old_logps)
+    coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
+    per_token = -torch.min(coef_1 * adv, coef_2 * adv)
+    metrics = {}
+    if beta != 0.0:
+        if kl is None:
+            kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1  # k3
+        per_token = per_token + beta * kl
+        metrics["kl"] = kl.mean().item()
+    mask = torch.ones_like(per_token)
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (per_token.size(0) * (max_completion_length or per_token.size(1)))
+    else:  # dapo: normalised by the number of completion tokens in the batch
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    low = (coef_1 < 1 - epsilon_low) & (adv < 0)
+    high = (coef_1 > 1 + epsilon_high) & (adv > 0)
+    metrics["clip_ratio"] = (low | high).float().mean().item()
+    return loss, metrics

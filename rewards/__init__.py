@@ -1,0 +1,132 @@
+"""Reward functions for GRPO groups, in trl's convention:
+
+    fn(prompts, completions, completion_ids, **kwargs) -> list[float | None]
+
+One call scores a whole batch of completions (users × group members, member order = rank in
+the group). ``prompts`` are the histories (item-id lists), ``completions`` the generated item
+ids (0 = no valid item), ``completion_ids`` their codes; keyword arguments carry the group's
+facts, one value per completion unless noted:
+
+  target         the true next item             target_codes  its codes
+  rank           the member's rank in its group (0 = first beam)
+  group_items    all item ids of the member's group
+  history        the user's history (same as the prompt)
+  popularity     item → training count, a tensor over item ids (shared, not per completion)
+  code_len       codes per item (shared)
+
+``None`` means "not applicable" (trl's convention): it counts as nothing in the weighted sum.
+Name built-ins by name, or your own as ``path/to/file.py:function``, in ``reward_funcs``, with
+trl's ``reward_weights``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+
+class RewardError(ValueError):
+    """A reward function that cannot be loaded, raises, or returns the wrong thing."""
+
+
+def hit(prompts, completions, completion_ids, *, target, **kwargs):
+    """1 when the generated item is the target, else 0."""
+    return [float(c == t) for c, t in zip(completions, target)]
+
+
+def rank_aware(prompts, completions, completion_ids, *, target, rank, **kwargs):
+    """NDCG-shaped credit: the hit earns 1 / log2(rank + 2), its position in the group."""
+    return [1.0 / math.log2(r + 2) if c == t else 0.0 for c, t, r in zip(completions, target, rank)]
+
+
+def ranking_penalty(prompts, completions, completion_ids, *, target, rank, group_items, **kwargs):
+    """MiniOneRec's ranking reward: in groups that contain the target, each wrong item gets
+    −(1/log2(rank+2)) normalised by the sum of those weights over the group's wrong items, so
+    confident mistakes cost most. Groups without a hit get 0: penalising them as well collapsed
+    a model onto a handful of items in MiniOneRec's experiments."""
+    out = []
+    for c, t, r, group in zip(completions, target, rank, group_items):
+        if t not in group or c == t:
+            out.append(0.0)
+            continue
+        wrong = [1.0 / math.log2(k + 2) for k, g in enumerate(group) if g != t]
+        out.append(-(1.0 / math.log2(r + 2)) / sum(wrong))
+    return out
+
+
+def prefix_match(prompts, completions, completion_ids, *, target_codes, code_len, **kwargs):
+    """Share of leading codes that match the target's (partial credit for a near miss)."""
+    out = []
+    for codes, tcodes in zip(completion_ids, target_codes):
+        n = 0
+        for a, b in zip(codes, tcodes):
+            if a != b:
+                break
+            n += 1
+        out.append(n / code_len)
+    return out
+
+
+def novelty(prompts, completions, completion_ids, *, popularity, **kwargs):
+    """1 − log(1 + count) / log(1 + max count): rarer items score higher (a popularity term)."""
+    top = math.log1p(float(popularity.max()))
+    return [None if c == 0 else 1.0 - math.log1p(float(popularity[c])) / top for c in completions]
+
+
+BUILTIN = {f.__name__: f for f in (hit, rank_aware, ranking_penalty, prefix_match, novelty)}
+
+
+def load_reward(spec: str):
+    """A built-in name or ``path/to/file.py:function``."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    if ":" not in spec:
+        raise RewardError(f"reward_funcs: {spec!r} is neither a built-in "
+                          f"({', '.join(BUILTIN)}) nor 'path/to/file.py:function'")
+    path, name = spec.rsplit(":", 1)
+    if not Path(path).is_file():
+        raise RewardError(f"reward_funcs: {path} (from {spec!r}) not found")
+    module_spec = importlib.util.spec_from_file_location(f"user_reward_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's file is reported
+        raise RewardError(f"reward_funcs: importing {path} failed: {err!r}") from err
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RewardError(f"reward_funcs: {path} has no function {name!r}")
+    return fn
+
+
+def reward_name(fn) -> str:
+    return getattr(fn, "__name__", repr(fn))
+
+
+def score(fns, weights, prompts, completions, completion_ids, **kwargs):
+    """Weighted sum of all reward functions → (totals, {name: per-completion values}).
+
+    A function that raises, returns the wrong length or a non-number is a ``RewardError``
+    naming it; ``None`` values count as 0 in the sum and are left out of that function's mean.
+    """
+    n = len(completions)
+    totals = [0.0] * n
+    per_fn = {}
+    for fn, w in zip(fns, weights):
+        name = reward_name(fn)
+        try:
+            values = fn(prompts, completions, completion_ids, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the user's code: say which function failed
+            raise RewardError(f"reward function {name!r} raised {err!r}") from err
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            raise RewardError(f"reward function {name!r} returned {got} values for {n} completions")
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v)):
+                raise RewardError(f"reward function {name!r} returned {v!r} at position {i}; "
+                                  f"expected a number or None")
+            totals[i] += w * float(v)
+        per_fn[name] = values
+    return totals, per_fn

@@ -1,0 +1,1 @@
+"""The GRPO stage: ``accelerate launch -m rl --config configs/<dataset>/rl.yaml``."""

@@ -1,0 +1,198 @@
+"""GRPO on the finetuned recommender.
+
+Per step: a batch of training prompts (history → target); each history is encoded once; a
+group of G distinct valid items per user (trie beam search, or sampling); rewards from the
+configured functions; group-normalised advantages; per-code log-probabilities of the policy
+(the encoder output of each user shared by its G members), the old policy (stored when
+num_iterations > 1; otherwise the ratio is exactly 1) and the frozen reference; trl's clipped
+surrogate with the KL penalty; ``num_iterations`` updates per batch. Dropout is off in policy
+and reference; tokenizer and codes are frozen. A group is built, scored and updated inside one
+process, so groups never straddle processes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+from trl.trainer.utils import disable_dropout_in_model
+
+import rewards
+from etegrl.checkpoint import CheckpointError, load_checkpoint
+from etegrl.data import load_processed
+from etegrl.generation import beam_search, sample_items
+from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
+from etegrl.lora import apply_lora, merged_copy
+from etegrl.model import history_tokens
+from etegrl.stage import Stage
+from etegrl.training import RowEpochs
+
+from .config import RLConfig
+
+
+class RLStage(Stage):
+    name = "rl"
+    cfg: RLConfig
+    validate_first = True  # the finetuned policy is the bar: best stays it unless RL beats it
+
+    def setup(self) -> None:
+        from accelerate import PartialState
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.device = PartialState().device
+        self.data = load_processed(cfg.data_dir)
+        ckpt = load_checkpoint(cfg.checkpoint, device=self.device)
+        self.model, self.tokenizer, self.table = ckpt["model"], ckpt["tokenizer"], ckpt["table"]
+        self.tokenizer_args, self.source_info = ckpt["tokenizer_args"], ckpt["info"]
+        if self.table.n_items != self.data.n_items:
+            raise CheckpointError(f"{cfg.checkpoint} has codes for {self.table.n_items} items, "
+                                  f"{cfg.data_dir} has {self.data.n_items}")
+        self.tokenizer.requires_grad_(False).eval()
+        self.ref = None
+        if cfg.beta != 0.0:
+            self.ref = copy.deepcopy(self.model).requires_grad_(False).eval()
+            disable_dropout_in_model(self.ref)
+        disable_dropout_in_model(self.model)
+        self.peft = None
+        if cfg.use_lora:
+            self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                   dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+        self.reward_fns = [rewards.load_reward(s) for s in cfg.reward_funcs]
+        self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_fns)
+        counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
+                             minlength=self.data.n_items + 1)
+        self.popularity = torch.as_tensor(counts)
+        self.rows = RowEpochs(self.data.splits["train"], batch_size=cfg.users_per_step,
+                              max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed)
+        self.open_log()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        total = self.rows.batches_per_epoch() * cfg.epochs * cfg.num_iterations
+        # TrainingArguments' warmup_steps: a count of steps, or a share of them when < 1
+        warmup = cfg.warmup_steps if cfg.warmup_steps >= 1 else cfg.warmup_steps * total
+        self.sched = get_scheduler(cfg.lr_scheduler_type, self.opt, num_warmup_steps=int(warmup),
+                                   num_training_steps=max(1, total))
+
+    # ------------------------------------------------------------------ groups and rewards
+    def make_groups(self, hist: torch.Tensor, targets: torch.Tensor):
+        cfg, g = self.cfg, self.cfg.num_generations
+        beams = beam_search(self.model, self.table, hist, beam=g, logprob=cfg.logprob)
+        items = beams["items"]
+        if cfg.group_source == "sampling":
+            drawn = sample_items(self.model, self.table, hist, n=4 * g,
+                                 temperature=cfg.temperature, generator=self.generator)["items"]
+            rows = []
+            for sampled, beam in zip(drawn.tolist(), items.tolist()):
+                distinct = list(dict.fromkeys(i for i in sampled if i > 0))[:g]
+                distinct += [i for i in beam if i > 0 and i not in distinct][:g - len(distinct)]
+                rows.append(distinct + [0] * (g - len(distinct)))
+            items = torch.tensor(rows, device=hist.device)
+        if cfg.inject_target:
+            missing = ~(items == targets.unsqueeze(1)).any(1)
+            items[missing, -1] = targets[missing]
+        return items, self.table.codes[items]
+
+    def group_rewards(self, hist, targets, items, codes):
+        g = items.shape[1]
+        flat_items = items.reshape(-1).tolist()
+        prompts = [[i for i in h if i] for h in hist.tolist() for _ in range(g)]
+        kwargs = {
+            "target": targets.repeat_interleave(g).tolist(),
+            "target_codes": self.table.codes[targets].repeat_interleave(g, 0).tolist(),
+            "rank": list(range(g)) * len(targets),
+            "group_items": [row for row in items.tolist() for _ in range(g)],
+            "history": prompts, "popularity": self.popularity, "code_len": self.table.code_len,
+        }
+        totals, per_fn = rewards.score(self.reward_fns, self.reward_weights, prompts, flat_items,
+                                       codes.reshape(-1, codes.shape[-1]).tolist(), **kwargs)
+        r = torch.tensor(totals, dtype=torch.float32, device=items.device).reshape(items.shape)
+        r = torch.where(items > 0, r, torch.full_like(r, float("nan")))  # no item: no reward
+        stats = {}
+        for name, values in per_fn.items():
+            v = torch.tensor([np.nan if x is None else x for x in values], dtype=torch.float32)
+            stats[f"reward/{name}/mean"] = float(v.nanmean())
+            stats[f"reward/{name}/std"] = float(v[~v.isnan()].std()) if (~v.isnan()).sum() > 1 else 0.0
+        return r, stats
+
+    # ------------------------------------------------------------------ log-probabilities
+    def logits_for(self, model, tokens, mask, codes):
+        """Code logits of every group member, the history encoded once per user."""
+        g = codes.shape[1]
+        encoded = model.encode(tokens, mask).repeat_interleave(g, 0)
+        flat = codes.reshape(-1, codes.shape[-1])
+        hidden, _ = model.decode(encoded, mask.repeat_interleave(g, 0), flat[:, :-1])
+        return model.code_logits(hidden), flat
+
+    def step_on(self, hist, targets) -> dict:
+        cfg = self.cfg
+        items, codes = self.make_groups(hist, targets)
+        r, stats = self.group_rewards(hist, targets, items, codes)
+        adv, zero_std = group_advantages(r, cfg.scale_rewards)
+        valid = (items > 0).reshape(-1)
+        tokens, mask = history_tokens(hist, self.table.codes)
+        flat = codes.reshape(-1, codes.shape[-1])
+        allowed = None
+        if cfg.logprob == "trie":
+            allowed = torch.stack([self.table.allowed(flat[:, :t])
+                                   for t in range(flat.shape[1])], 1)
+        ref_logits = ref_logps = None
+        with torch.no_grad():
+            if self.ref is not None:
+                ref_logits, _ = self.logits_for(self.ref, tokens, mask, codes)
+                ref_logps = code_logprobs(ref_logits, flat, allowed)
+            old_logps = None
+            if cfg.num_iterations > 1:
+                old_logits, _ = self.logits_for(self.model, tokens, mask, codes)
+                old_logps = code_logprobs(old_logits, flat, allowed)
+        for _ in range(cfg.num_iterations):
+            logits, _ = self.logits_for(self.model, tokens, mask, codes)
+            logps = code_logprobs(logits, flat, allowed)
+            old = logps.detach() if old_logps is None else old_logps
+            kl = None
+            if self.ref is not None and cfg.kl_estimator == "exact":
+                kl = exact_kl(logits, ref_logits, allowed)[valid]
+            loss, m = grpo_loss(
+                logps[valid], old[valid], adv.reshape(-1)[valid],
+                ref_logps=None if ref_logps is None else ref_logps[valid], kl=kl, beta=cfg.beta,
+                epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high or cfg.epsilon,
+                loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+        hits = (items == targets.unsqueeze(1)).any(1).float().mean().item()
+        return {"total": loss.item(), "reward": float(r.nanmean()), "frac_reward_zero_std": zero_std,
+                "group_hit_rate": hits, **m, **stats}
+
+    def run_epoch(self, epoch: int) -> str:
+        self.model.train()  # dropout modules are disabled; train() only for LoRA/peft bookkeeping
+        sums, n = {}, 0
+        bar = tqdm(self.rows.epoch(self.device), total=self.rows.batches_per_epoch(),
+                   desc=f"epoch {epoch} (grpo)", disable=not self.cfg.progress, leave=False)
+        for hist, targets in bar:
+            values = self.step_on(hist, targets)
+            self.write_log({"epoch": epoch, "step": self.step, "kind": "grpo", **values})
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            bar.set_postfix(reward=f"{values['reward']:.3f}")
+        keep = ("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std", "group_hit_rate")
+        self.last_epoch_losses = {k: v / max(1, n) for k, v in sums.items() if k in keep}
+        return "grpo"
+
+    def export_model(self):
+        return merged_copy(self.peft) if self.peft is not None else self.model
+
+    def checkpoint_info(self) -> dict:
+        cfg = self.cfg
+        return {"from": cfg.checkpoint, "lora": cfg.use_lora, "group_source": cfg.group_source,
+                "reward_funcs": list(cfg.reward_funcs), "reward_weights": self.reward_weights,
+                "num_generations": cfg.num_generations, "beta": cfg.beta,
+                "codes": self.source_info.get("codes", {})}
