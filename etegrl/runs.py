@@ -49,9 +49,10 @@ def mark_done(out: str | Path) -> None:
     (Path(out) / DONE).write_text("ok\n")
 
 
-def run_stage(config_cls, stage_cls, argv=None, *, prog: str) -> int:
+def run_stage(config_cls, stage_cls, argv=None, *, prog: str, errors: tuple = ()) -> int:
     """The ``__main__`` of a training stage: parse the config, claim the output folder, run
-    setup/train/cleanup; bad input of any kind ends as one ``error:`` line and exit code 2."""
+    setup/train/cleanup; bad input of any kind (``errors`` adds a stage's own error types)
+    ends as one ``error:`` line and exit code 2."""
     from accelerate import PartialState
 
     from .checkpoint import CheckpointError
@@ -63,7 +64,7 @@ def run_stage(config_cls, stage_cls, argv=None, *, prog: str) -> int:
     # One process trains for now; the others leave at once (multi-process training is planned).
     if not PartialState().is_main_process:
         return 0
-    errors = (ConfigError, DataError, EmbeddingError, CodeTableError, CheckpointError)
+    errors = (ConfigError, DataError, EmbeddingError, CodeTableError, CheckpointError, *errors)
     try:
         cfg = parse_args(config_cls, argv, prog=prog)
         if claim_output(cfg, cfg.output_dir, stage_cls.name):

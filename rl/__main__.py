@@ -3,13 +3,15 @@
 import sys
 
 from etegrl.runs import run_stage
+from rewards import RewardError
 
 from .config import RLConfig
 from .loop import RLStage
 
 
 def main(argv=None) -> int:
-    return run_stage(RLConfig, RLStage, argv, prog="accelerate launch -m rl")
+    return run_stage(RLConfig, RLStage, argv, prog="accelerate launch -m rl",
+                     errors=(RewardError,))
 
 
 if __name__ == "__main__":

@@ -54,10 +54,7 @@ class RLConfig(GRPOConfig):
     loss_type: str = opt("grpo", "grpo, bnpo, dr_grpo or dapo (identical here: every completion has code_len tokens).")
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.per_device_train_batch_size % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) "
-                             f"must be a multiple of num_generations ({self.num_generations})")
+        super().__post_init__()  # trl checks that a batch holds whole groups
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs")

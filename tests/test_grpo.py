@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from etegrl.grpo import LOSS_TYPES, code_logprobs, exact_kl, group_advantages, grpo_loss
+
+
+def reference_loss(logps, old, adv, ref, beta, eps_lo, eps_hi, loss_type, max_len):
+    """trl's formula written out element by element (every completion has T tokens)."""
+    n, t = logps.shape
+    per_token = [[0.0] * t for _ in range(n)]
+    for i in range(n):
+        for j in range(t):
+            ratio = float(torch.exp(logps[i, j] - old[i, j]))
+            clipped = min(max(ratio, 1 - eps_lo), 1 + eps_hi)
+            value = -min(ratio * float(adv[i]), clipped * float(adv[i]))
+            if beta:
+                d = float(ref[i, j] - logps[i, j])
+                value += beta * (torch.exp(torch.tensor(d)).item() - d - 1)
+            per_token[i][j] = value
+    if loss_type == "grpo":
+        return sum(sum(row) / t for row in per_token) / n
+    if loss_type == "dr_grpo":
+        return sum(map(sum, per_token)) / (n * max_len)
+    return sum(map(sum, per_token)) / (n * t)  # bnpo, dapo: over all completion tokens
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("spread", [0.05, 1.0])  # near-on-policy (unclipped) and far (clipped)
+def test_grpo_loss_matches_trl_formula(loss_type, spread):
+    g = torch.Generator().manual_seed(0)
+    logps = -torch.rand(12, 4, generator=g) * 3
+    old = logps + spread * torch.randn(12, 4, generator=g)
+    ref = logps + 0.5 * torch.randn(12, 4, generator=g)
+    adv = torch.randn(12, generator=g)
+    loss, metrics = grpo_loss(logps, old, adv, ref_logps=ref, beta=0.04, epsilon_low=0.2,
+                              epsilon_high=0.28, loss_type=loss_type, max_completion_length=4)
+    expect = reference_loss(logps, old, adv, ref, 0.04, 0.2, 0.28, loss_type, 4)
+    assert loss.item() == pytest.approx(expect, rel=1e-5, abs=1e-7)
+    if spread == 1.0:
+        assert metrics["clip_ratio"] > 0
+    else:
+        assert metrics["clip_ratio"] == 0
+
+
+def test_on_policy_gradient_is_the_advantage_weighted_logprob_gradient():
+    logps = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = grpo_loss(logps, logps.detach(), torch.tensor([0.5]), loss_type="grpo")
+    loss.backward()
+    assert logps.grad[0].tolist() == pytest.approx([-0.25, -0.25])  # −A / T per token
+
+
+def test_group_advantages():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]])
+    adv, zero_std = group_advantages(rewards, "group")
+    assert zero_std == 0.5
+    assert torch.all(adv[1] == 0)  # equal rewards in a group: no signal
+    std = torch.tensor([1.0, 0, 0, 0]).std()
+    assert adv[0].tolist() == pytest.approx(((torch.tensor([1.0, 0, 0, 0]) - 0.25) / (std + 1e-4)).tolist())
+    adv_none, _ = group_advantages(rewards, "none")
+    assert adv_none[0].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(rewards, "median")
+
+
+def test_logprobs_and_exact_kl():
+    logits = torch.tensor([[[2.0, 0.0, 0.0]]])
+    codes = torch.tensor([[0]])
+    assert code_logprobs(logits, codes).item() == pytest.approx(2 - torch.logsumexp(logits, -1).item())
+    allowed = torch.tensor([[[True, True, False]]])
+    assert code_logprobs(logits, codes, allowed).item() == pytest.approx(
+        2 - torch.log(torch.exp(torch.tensor(2.0)) + 1).item())
+    p = torch.softmax(logits, -1)
+    q_logits = torch.zeros_like(logits)
+    expect = (p * (p.log() - torch.log_softmax(q_logits, -1))).sum().item()
+    assert exact_kl(logits, q_logits).item() == pytest.approx(expect)
+    assert exact_kl(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
+    assert exact_kl(logits, q_logits, allowed).item() >= 0
+
+
+def test_unsupported_loss_type():
+    with pytest.raises(ValueError, match="loss_type 'sapo' is not supported"):
+        grpo_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1), loss_type="sapo")

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+
+from etegrl.checkpoint import load_checkpoint
+from finetune.__main__ import main as finetune_main
+from rl.__main__ import main as rl_main
+from rl.config import RLConfig
+from rl.loop import RLStage
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_data, trained_run):
+    out = tiny_data / "ft"
+    assert finetune_main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                          f"output_dir={out}", "max_len=8", "epochs=2", "batch_size=64",
+                          "progress=false"]) == 0
+    return out / "best"
+
+
+def config(tiny_data, finetuned, out, **kw):
+    values = dict(data_dir=str(tiny_data / "data"), checkpoint=str(finetuned), output_dir=str(out),
+                  max_len=8, num_generations=8, per_device_train_batch_size=80, epochs=1,
+                  rows_per_user=2, learning_rate=1e-3, progress=False, beta=0.04,
+                  reward_funcs=["hit", "ranking_penalty"], inject_target=True)
+    values.update(kw)
+    return RLConfig(**values)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(kl_estimator="exact", logprob="trie", num_iterations=2),
+                                dict(group_source="sampling", inject_target=False)])
+def test_policy_changes_reference_does_not(tiny_data, finetuned, tmp_path, kw):
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "rl", **kw), log=lambda *_: None)
+    stage.setup()
+    policy = {k: v.clone() for k, v in stage.model.named_parameters()}
+    ref = {k: v.clone() for k, v in stage.ref.named_parameters()}
+    stage.run_epoch(0)
+    moved = [k for k, v in stage.model.named_parameters() if not torch.equal(policy[k], v)]
+    assert moved  # the policy learned
+    assert all(torch.equal(ref[k], v) for k, v in stage.ref.named_parameters())
+    assert all(not p.requires_grad for p in stage.tokenizer.parameters())
+    records = [json.loads(line) for line in (tmp_path / "rl" / "log.jsonl").read_text().splitlines()]
+    step = records[-1]
+    for key in ("reward", "frac_reward_zero_std", "kl", "clip_ratio", "reward/hit/mean",
+                "reward/ranking_penalty/std", "group_hit_rate"):
+        assert key in step
+    if kw.get("num_iterations", 1) == 1:
+        assert step["clip_ratio"] == 0.0  # one update per rollout: the ratio is exactly 1
+    stage.cleanup()
+
+
+def test_groups_are_distinct_valid_items(tiny_data, finetuned, tmp_path):
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "g"), log=lambda *_: None)
+    stage.setup()
+    hist, targets = next(stage.rows.epoch())
+    items, codes = stage.make_groups(hist, targets)
+    assert items.shape == (len(targets), 8)
+    for row, target in zip(items.tolist(), targets.tolist()):
+        valid = [i for i in row if i > 0]
+        assert len(set(valid)) == len(valid) and target in row  # distinct; target injected
+    assert torch.equal(stage.table.items_of(codes)[items > 0], items[items > 0])
+    stage.cleanup()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_rl_end_to_end(tiny_data, finetuned, tmp_path, lora):
+    out = tmp_path / "rl"
+    args = [f"data_dir={tiny_data / 'data'}", f"checkpoint={finetuned}", f"output_dir={out}",
+            "max_len=8", "num_generations=8", "per_device_train_batch_size=80", "epochs=2",
+            "learning_rate=1e-3", "progress=false", f"use_lora={str(lora).lower()}"]
+    assert rl_main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["stage"] == "rl" and results["lora"] is lora
+    best = load_checkpoint(out / "best")  # strict: a plain model even with LoRA
+    assert not any("lora" in n for n, _ in best["model"].named_parameters())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["kind"] == "start"  # the finetuned policy is validated first
+
+
+def test_bad_rl_config(tiny_data, finetuned, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"\(20\) must be divisible by num_generations \(8\)"):
+        config(tiny_data, finetuned, tmp_path, per_device_train_batch_size=20)
+    with pytest.raises(ValueError, match="reward_weights has 1 values for 2 reward_funcs"):
+        config(tiny_data, finetuned, tmp_path, reward_weights=[1.0])
+    args = [f"data_dir={tiny_data / 'data'}", f"checkpoint={finetuned}",
+            f"output_dir={tmp_path / 'x'}", "reward_funcs=[hit,nope]"]
+    assert rl_main(args) == 2  # one clear error line, no traceback
+
+    assert "reward_funcs: 'nope' is neither a built-in" in capsys.readouterr().err
