@@ -2,8 +2,8 @@
 # The main job, on the embedded default dataset (MovieLens-100K) unless a dataset is named:
 #   bash run_grpo.sh [DATASET] [key=value ...]
 # where DATASET names a folder of configs/ (ml-100k, scientific, beauty, tiny).
-# Stages so far: data preparation (leave-one-out splits, SASRec baseline, item embeddings),
-# then ETEGRec pretraining. A stage whose finished output exists with the same config is
+# Stages: data preparation (leave-one-out splits, SASRec baseline, item embeddings) →
+# ETEGRec pretraining → finetuning → GRPO → the test results as a markdown table. A stage whose finished output exists with the same config is
 # skipped; pass overwrite=true to redo it. key=value overrides apply to every stage, so name
 # only keys that all of them know (seed, overwrite).
 set -euo pipefail
@@ -17,4 +17,7 @@ launch() { accelerate launch --num_processes 1 --num_machines 1 --mixed_precisio
   --dynamo_backend no -m "$@"; }
 launch etegrl.prepare --config "configs/$dataset/prepare.yaml" "$@"
 launch pretrain --config "configs/$dataset/pretrain.yaml" "$@"
+launch finetune --config "configs/$dataset/finetune.yaml" "$@"
+launch rl --config "configs/$dataset/rl.yaml" "$@"
+python -m etegrl.report "runs/$dataset"
 echo "main job finished in $(( $(date +%s) - start ))s"
