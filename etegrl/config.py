@@ -26,6 +26,13 @@ import yaml
 T = TypeVar("T")
 
 
+def option(default, help: str):
+    """A dataclass field with its help text (list defaults are copied per instance)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the file and key."""
 

@@ -9,15 +9,35 @@ patience, beam, eval_batch_size, logprob, max_len, valid_users, progress).
 from __future__ import annotations
 
 import json
+import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+import numpy as np
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import option
+from .data import load_processed
 from .evaluation import PROTOCOL, evaluate_generative
 from .training import EarlyStopping
+
+
+@dataclass
+class EvalOptions:
+    """Validation and selection options shared by the training stages' configs."""
+
+    eval_every: int = option(1, "Validate every N epochs (and after the last).")
+    patience: int = option(10, "Stop after this many validations without a better NDCG@10 (0 = never).")
+    beam: int = option(20, "Beam size of evaluation.")
+    eval_batch_size: int = option(128, "Users per beam-search batch.")
+    valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
+    logprob: Literal["full", "trie"] = option("full", "Beam scores (and GRPO log-probabilities): log-softmax over all codes (full) or renormalised over the trie's valid codes (trie).")
+    progress: bool = option(True, "Show progress bars.")
 
 
 class Stage:
@@ -43,6 +63,26 @@ class Stage:
         return {}
 
     # ---- shared pieces -------------------------------------------------------------------
+    def begin(self) -> None:
+        """Seeds, device, processed data: the first lines of every ``setup``."""
+        from accelerate import PartialState
+
+        random.seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        self.device = PartialState().device
+        self.data = load_processed(self.cfg.data_dir)
+
+    def load_start(self, path) -> None:
+        """Start from a checkpoint (strictly loaded) whose codes cover this dataset's items."""
+        ckpt = load_checkpoint(path, device=self.device)
+        self.model, self.tokenizer, self.table = ckpt["model"], ckpt["tokenizer"], ckpt["table"]
+        self.tokenizer_args, self.source_info = ckpt["tokenizer_args"], ckpt["info"]
+        if self.table.n_items != self.data.n_items:
+            raise CheckpointError(f"{path} has codes for {self.table.n_items} items, "
+                                  f"{self.cfg.data_dir} has {self.data.n_items}")
+        self.tokenizer.requires_grad_(False).eval()
+
     def open_log(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_file = open(self.out / "log.jsonl", "a")

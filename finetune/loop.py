@@ -4,11 +4,8 @@ NDCG@10 (the official ETEGRec finetune, with every hyper-parameter in the config
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from etegrl.checkpoint import CheckpointError, load_checkpoint
-from etegrl.data import load_processed
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.losses import code_loss
 from etegrl.model import history_tokens
@@ -23,24 +20,13 @@ class FinetuneStage(Stage):
     cfg: FinetuneConfig
 
     def setup(self) -> None:
-        from accelerate import PartialState
-
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.device = PartialState().device
-        self.data = load_processed(cfg.data_dir)
-        ckpt = load_checkpoint(cfg.checkpoint, device=self.device)
-        self.model, self.tokenizer, self.table = ckpt["model"], ckpt["tokenizer"], ckpt["table"]
-        self.tokenizer_args, self.source_info = ckpt["tokenizer_args"], ckpt["info"]
-        if self.table.n_items != self.data.n_items:
-            raise CheckpointError(f"{cfg.checkpoint} has codes for {self.table.n_items} items, "
-                             f"{cfg.data_dir} has {self.data.n_items}")
+        self.begin()
+        self.load_start(cfg.checkpoint)
         if cfg.dropout_rate >= 0:
             for m in self.model.modules():
                 if isinstance(m, torch.nn.Dropout):
                     m.p = cfg.dropout_rate
-        self.tokenizer.requires_grad_(False).eval()
         self.peft = None
         if cfg.use_lora:
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from etegrl.codes import CodeTable, assign_suffixes, reassign_overflow
-from etegrl.data import load_processed
 from etegrl.embeddings import load_embedding
 from etegrl.losses import code_loss, psa_loss, sia_loss
 from etegrl.model import ETEGRecConfig, ETEGRecModel, history_tokens
@@ -43,12 +41,7 @@ class PretrainStage(Stage):
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
-        from accelerate import PartialState
-
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.device = PartialState().device
-        self.data = load_processed(cfg.data_dir)
+        self.begin()
         self.semantic = load_embedding(Path(cfg.data_dir) / "embeddings" / "semantic.safetensors",
                                        n_items=self.data.n_items).to(self.device)
         self.tokenizer_args = dict(

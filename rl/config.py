@@ -3,55 +3,47 @@ epsilon_high, loss_type, scale_rewards, num_iterations, learning_rate, reward_we
 temperature, weight_decay, lr_scheduler_type, warmup_steps, seed mean what trl's documentation
 says) plus what an encoder-decoder over item codes needs. Fields of TrainingArguments that
 steer trl's own Trainer loop (max_steps, num_train_epochs, logging/saving/eval strategies …)
-are not used: ``epochs``, ``eval_every`` and ``patience`` below steer this loop."""
+are not used: ``epochs`` and the validation options (``eval_every``, ``patience``, ...) steer
+this loop."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from trl import GRPOConfig
 
-
-def opt(default, text):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+from etegrl.config import option
+from etegrl.stage import EvalOptions
 
 
 @dataclass
-class RLConfig(GRPOConfig):
-    data_dir: str = opt("runs/ml-100k/data", "Output folder of the prepare step.")
-    checkpoint: str = opt("runs/ml-100k/finetune/best", "The finetuned checkpoint: the initial policy and the frozen KL reference.")
-    output_dir: str = opt("runs/ml-100k/rl", "Where best/, log.jsonl and results.json go.")
-    overwrite: bool = opt(False, "Replace an output_dir that holds another run.")
-    max_len: int = opt(50, "History items the policy reads (the last ones).")
-    epochs: int = opt(1, "Passes over the training rows (each capped by rows_per_user).")
-    rows_per_user: int = opt(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
-    group_source: Literal["beam", "sampling"] = opt("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
-    inject_target: bool = opt(False, "Put the true item into every group that lacks it (replacing the last member).")
-    kl_estimator: Literal["k3", "exact"] = opt("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
-    logprob: Literal["full", "trie"] = opt("full", "Log-probabilities of policy, old policy and reference (and beam scores): softmax over all codes, or renormalised over the trie's valid codes.")
-    reward_funcs: list[str] = opt(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty) or path/to/file.py:function; weights in reward_weights.")
-    eval_every: int = opt(1, "Validate every N epochs (and after the last).")
-    patience: int = opt(0, "Stop after this many validations without a better NDCG@10 (0 = never).")
-    beam: int = opt(20, "Beam size of evaluation.")
-    eval_batch_size: int = opt(128, "Users per beam-search batch in evaluation.")
-    valid_users: int = opt(0, "Validate on a fixed random subset of this many users (0 = all).")
-    progress: bool = opt(True, "Show progress bars.")
-    use_lora: bool = opt(False, "Train LoRA adapters on the attention projections; merged on save.")
-    lora_r: int = opt(8, "LoRA rank.")
-    lora_alpha: int = opt(16, "LoRA alpha.")
-    lora_dropout: float = opt(0.0, "LoRA dropout.")
-    lora_targets: list[str] = opt(["q", "k", "v", "o"], "Module names that get adapters.")
+class RLConfig(EvalOptions, GRPOConfig):
+    data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step.")
+    checkpoint: str = option("runs/ml-100k/finetune/best", "The finetuned checkpoint: the initial policy and the frozen KL reference.")
+    output_dir: str = option("runs/ml-100k/rl", "Where best/, log.jsonl and results.json go.")
+    overwrite: bool = option(False, "Replace an output_dir that holds another run.")
+    max_len: int = option(50, "History items the policy reads (the last ones).")
+    epochs: int = option(1, "Passes over the training rows (each capped by rows_per_user).")
+    rows_per_user: int = option(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
+    group_source: Literal["beam", "sampling"] = option("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
+    inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
+    kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
+    reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty) or path/to/file.py:function; weights in reward_weights.")
+    patience: int = option(0, "Stop after this many validations without a better NDCG@10 (0 = never).")
+    use_lora: bool = option(False, "Train LoRA adapters on the attention projections; merged on save.")
+    lora_r: int = option(8, "LoRA rank.")
+    lora_alpha: int = option(16, "LoRA alpha.")
+    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters.")
     # trl defaults that do not suit this CPU-first setting
-    bf16: bool = opt(False, "bf16 training (trl defaults to True, which a CPU refuses).")
-    report_to: list[str] = opt(["none"], "Integrations to report to (the JSONL log is always written).")
-    num_generations: int = opt(16, "Group size G: distinct items per user (MiniOneRec uses 16).")
-    per_device_train_batch_size: int = opt(256, "Completions per step = users per step × num_generations.")
-    learning_rate: float = opt(1e-5, "AdamW learning rate.")
-    beta: float = opt(0.04, "KL coefficient (0 = no reference model).")
-    loss_type: str = opt("grpo", "grpo, bnpo, dr_grpo or dapo (identical here: every completion has code_len tokens).")
+    bf16: bool = option(False, "bf16 training (trl defaults to True, which a CPU refuses).")
+    report_to: list[str] = option(["none"], "Integrations to report to (the JSONL log is always written).")
+    num_generations: int = option(16, "Group size G: distinct items per user (MiniOneRec uses 16).")
+    per_device_train_batch_size: int = option(256, "Completions per step = users per step × num_generations.")
+    learning_rate: float = option(1e-5, "AdamW learning rate.")
+    beta: float = option(0.04, "KL coefficient (0 = no reference model).")
+    loss_type: str = option("grpo", "grpo, bnpo, dr_grpo or dapo (identical here: every completion has code_len tokens).")
 
     def __post_init__(self):
         super().__post_init__()  # trl checks that a batch holds whole groups

@@ -21,8 +21,6 @@ from transformers import get_scheduler
 from trl.trainer.utils import disable_dropout_in_model
 
 import rewards
-from etegrl.checkpoint import CheckpointError, load_checkpoint
-from etegrl.data import load_processed
 from etegrl.generation import beam_search, sample_items
 from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
@@ -39,21 +37,10 @@ class RLStage(Stage):
     validate_first = True  # the finetuned policy is the bar: best stays it unless RL beats it
 
     def setup(self) -> None:
-        from accelerate import PartialState
-
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
+        self.begin()
+        self.load_start(cfg.checkpoint)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.device = PartialState().device
-        self.data = load_processed(cfg.data_dir)
-        ckpt = load_checkpoint(cfg.checkpoint, device=self.device)
-        self.model, self.tokenizer, self.table = ckpt["model"], ckpt["tokenizer"], ckpt["table"]
-        self.tokenizer_args, self.source_info = ckpt["tokenizer_args"], ckpt["info"]
-        if self.table.n_items != self.data.n_items:
-            raise CheckpointError(f"{cfg.checkpoint} has codes for {self.table.n_items} items, "
-                                  f"{cfg.data_dir} has {self.data.n_items}")
-        self.tokenizer.requires_grad_(False).eval()
         self.ref = None
         if cfg.beta != 0.0:
             self.ref = copy.deepcopy(self.model).requires_grad_(False).eval()
