@@ -118,6 +118,9 @@ class RLStage(Stage):
 
     def step_on(self, hist, targets) -> dict:
         cfg = self.cfg
+        # eval mode: T5's attention-probability dropout is a float inside T5Attention, not an
+        # nn.Dropout module, so disable_dropout_in_model alone would leave it on in train mode
+        self.model.eval()
         items, codes = self.make_groups(hist, targets)
         r, stats = self.group_rewards(hist, targets, items, codes)
         adv, zero_std = group_advantages(r, cfg.scale_rewards)
@@ -159,7 +162,6 @@ class RLStage(Stage):
                 "group_hit_rate": hits, **m, **stats}
 
     def run_epoch(self, epoch: int) -> str:
-        self.model.train()  # dropout modules are disabled; train() only for LoRA/peft bookkeeping
         sums, n = {}, 0
         bar = tqdm(self.rows.epoch(self.device), total=self.rows.batches_per_epoch(),
                    desc=f"epoch {epoch} (grpo)", disable=not self.cfg.progress, leave=False)

@@ -88,3 +88,17 @@ def test_bad_rl_config(tiny_data, finetuned, tmp_path, capsys):
     assert rl_main(args) == 2  # one clear error line, no traceback
 
     assert "reward_funcs: 'nope' is neither a built-in" in capsys.readouterr().err
+
+
+def test_first_step_kl_is_zero_and_ratio_is_one(tiny_data, finetuned, tmp_path):
+    """Policy and reference start equal and dropout is off everywhere: the first step's KL
+    must be exactly 0 (a nonzero value means some dropout, e.g. T5's attention dropout, is on)."""
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "kl", kl_estimator="exact"),
+                    log=lambda *_: None)
+    stage.setup()
+    hist, targets = next(stage.rows.epoch())
+    stage.model.train()  # as a training loop leaves it
+    stats = stage.step_on(hist, targets)
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # float noise only
+    assert stats["clip_ratio"] == 0.0
+    stage.cleanup()
