@@ -12,16 +12,15 @@ one holding a different config is an error unless ``overwrite=true``.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
+from transformers import set_seed
 
 from .config import ConfigError, parse_args
 from .data import DataError, build_splits, load_processed, read_source, save_processed
@@ -76,18 +75,12 @@ class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
             raise ValueError("semantic_parts has 'sasrec' but sasrec_epochs is 0")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run(cfg: PrepareConfig, log=print) -> dict:
     out = Path(cfg.output_dir)
     if claim_output(cfg, out, "prepare"):
         log(f"{out}: already prepared with this config; nothing to do (overwrite=true redoes it)")
         return json.loads((out / "summary.json").read_text())
-    seed_everything(cfg.seed)
+    set_seed(cfg.seed)
     from accelerate import PartialState
 
     device = PartialState().device

@@ -9,16 +9,14 @@ patience, beam, eval_batch_size, logprob, max_len, valid_users, progress).
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 import torch
 from tqdm.auto import tqdm
+from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
@@ -67,9 +65,7 @@ class Stage:
         """Seeds, device, processed data: the first lines of every ``setup``."""
         from accelerate import PartialState
 
-        random.seed(self.cfg.seed)
-        np.random.seed(self.cfg.seed)
-        torch.manual_seed(self.cfg.seed)
+        set_seed(self.cfg.seed)  # python, numpy and torch (and CUDA) generators
         self.device = PartialState().device
         self.data = load_processed(self.cfg.data_dir)
 
