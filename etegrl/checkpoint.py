@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -19,20 +20,21 @@ class CheckpointError(ValueError):
     """A missing or mismatching checkpoint."""
 
 
-def save_checkpoint(path: str | Path, *, model: ETEGRecModel, tokenizer: RQVAE,
-                    table: CodeTable, tokenizer_args: dict, info: dict) -> None:
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Write a folder as a whole: yields ``path.tmp`` to fill; on success it replaces ``path``.
+
+    The previous folder is renamed to ``path.old`` before the new one takes its name, and
+    deleted after; a kill between the two renames leaves ``path.old``, which
+    ``recover_dir`` puts back. A kill while filling leaves only ``path.tmp``, cleared next time.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    recover_dir(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tokenizer.state_dict().items()},
-              str(tmp / "tokenizer.safetensors"))
-    save_file({"codes": table.codes.cpu().contiguous()}, str(tmp / "codes.safetensors"))
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_args, indent=2))
-    (tmp / "info.json").write_text(json.dumps(info, indent=2))
-    old = path.with_name(path.name + ".old")
+    yield tmp
     if path.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -42,9 +44,29 @@ def save_checkpoint(path: str | Path, *, model: ETEGRecModel, tokenizer: RQVAE,
         shutil.rmtree(old)
 
 
+def recover_dir(path: str | Path) -> Path:
+    """Put back ``path.old`` when a kill came between the two renames of ``atomic_dir``."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.is_dir():
+        old.rename(path)
+    return path
+
+
+def save_checkpoint(path: str | Path, *, model: ETEGRecModel, tokenizer: RQVAE,
+                    table: CodeTable, tokenizer_args: dict, info: dict) -> None:
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tokenizer.state_dict().items()},
+                  str(tmp / "tokenizer.safetensors"))
+        save_file({"codes": table.codes.cpu().contiguous()}, str(tmp / "codes.safetensors"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_args, indent=2))
+        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+
+
 def load_checkpoint(path: str | Path, device="cpu") -> dict:
     """→ {model, tokenizer, table, tokenizer_args, info}; every state dict loads strictly."""
-    path = Path(path)
+    path = recover_dir(path)
     need = ["config.json", "tokenizer.safetensors", "codes.safetensors", "tokenizer_config.json"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:

@@ -59,6 +59,7 @@ def run_stage(config_cls, stage_cls, argv=None, *, prog: str, errors: tuple = ()
     from .codes import CodeTableError
     from .config import ConfigError, parse_args
     from .data import DataError
+    from .resume import STATE_DIR
     from .embeddings import EmbeddingError
 
     # One process trains for now; the others leave at once (multi-process training is planned).
@@ -80,6 +81,7 @@ def run_stage(config_cls, stage_cls, argv=None, *, prog: str, errors: tuple = ()
         finally:
             stage.cleanup()
         mark_done(cfg.output_dir)
+        shutil.rmtree(Path(cfg.output_dir) / STATE_DIR, ignore_errors=True)  # finished for good
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
 from .data import load_processed
 from .evaluation import PROTOCOL, evaluate_generative
+from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping
 
 
@@ -36,6 +37,7 @@ class EvalOptions:
     valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
     logprob: Literal["full", "trie"] = option("full", "Beam scores (and GRPO log-probabilities): log-softmax over all codes (full) or renormalised over the trie's valid codes (trie).")
     progress: bool = option(True, "Show progress bars.")
+    save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
 
 
 class Stage:
@@ -47,6 +49,10 @@ class Stage:
         self.out = Path(cfg.output_dir)
         self.step = 0
         self.log_file = None
+        self.resume_state = None
+        self.skip = 0  # batches of the current epoch already done before a resume
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_n = 0
 
     # ---- hooks ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -60,6 +66,18 @@ class Stage:
         """Facts saved with each best checkpoint and copied into results.json."""
         return {}
 
+    def state_objects(self) -> dict:
+        """What the resumable state holds by ``state_dict``: trained modules, optimisers,
+        schedulers (the frozen tokenizer and reference come back from their checkpoints)."""
+        return {"model": self.model, "opt": self.opt, "sched": self.sched}
+
+    def extra_state(self) -> dict:
+        """Further facts of the resumable state (a stage's own generators, rebuilt codes)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
     # ---- shared pieces -------------------------------------------------------------------
     def begin(self) -> None:
         """Seeds, device, processed data: the first lines of every ``setup``."""
@@ -68,6 +86,7 @@ class Stage:
         set_seed(self.cfg.seed)  # python, numpy and torch (and CUDA) generators
         self.device = PartialState().device
         self.data = load_processed(self.cfg.data_dir)
+        self.resume_state = load_state(self.out)  # an interrupted run of this config
 
     def load_start(self, path) -> None:
         """Start from a checkpoint (strictly loaded) whose codes cover this dataset's items."""
@@ -80,19 +99,46 @@ class Stage:
         self.tokenizer.requires_grad_(False).eval()
 
     def open_log(self) -> None:
+        """The JSONL log; a resumed run cuts it back to where its state was saved."""
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(self.out / "log.jsonl", "a")
+        path = self.out / "log.jsonl"
+        if self.resume_state is None:
+            self.log_file = open(path, "w")
+        else:
+            with open(path, "a") as f:
+                f.truncate(self.resume_state["log_offset"])
+            self.log_file = open(path, "a")
 
     def write_log(self, record: dict) -> None:
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
 
-    def fit_epoch(self, epoch: int, kind: str, batches, total: int, loss_fn, opt, sched) -> dict:
-        """One pass over ``batches``: ``loss_fn(*batch)`` → dict of losses with "total"."""
-        sums: dict[str, float] = {}
-        n = 0
-        bar = tqdm(batches, total=total, desc=f"epoch {epoch} ({kind})",
-                   disable=not self.cfg.progress, leave=False)
+    def epoch_batches(self, epoch: int):
+        """This epoch's training batches from ``self.rows``; a resumed epoch starts after the
+        batches done before the kill, and the state is saved every ``save_state_every``."""
+        skip, self.skip = self.skip, 0
+        if not skip:
+            self.epoch_sums, self.epoch_n = {}, 0
+        total, every = self.rows.batches_per_epoch(), self.cfg.save_state_every
+        for i, batch in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
+            yield batch  # the caller trains on it before asking for the next one
+            if every and (i + 1) % every == 0 and i + 1 < total:
+                self.save_state(epoch, i + 1)
+
+    def record(self, epoch: int, kind: str, values: dict) -> None:
+        """Log one training step and add it to the epoch's means."""
+        self.write_log({"epoch": epoch, "step": self.step, "kind": kind, **values})
+        for k, v in values.items():
+            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+        self.epoch_n += 1
+
+    def progress_bar(self, batches, epoch: int, kind: str):
+        return tqdm(batches, total=self.rows.batches_per_epoch(), initial=self.skip,
+                    desc=f"epoch {epoch} ({kind})", disable=not self.cfg.progress, leave=False)
+
+    def fit_epoch(self, epoch: int, kind: str, loss_fn, opt, sched) -> dict:
+        """One epoch of ``self.rows``: ``loss_fn(*batch)`` → dict of losses with "total"."""
+        bar = self.progress_bar(self.epoch_batches(epoch), epoch, kind)
         for batch in bar:
             losses = loss_fn(*batch)
             opt.zero_grad(set_to_none=True)
@@ -101,13 +147,44 @@ class Stage:
             sched.step()
             self.step += 1
             values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in losses.items()}
-            self.write_log({"epoch": epoch, "step": self.step, "kind": kind, **values})
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
+            self.record(epoch, kind, values)
             bar.set_postfix(loss=f"{values['total']:.4f}")
-        self.last_epoch_losses = {k: v / max(1, n) for k, v in sums.items()}
+        return self.epoch_means()
+
+    def epoch_means(self, keep=None) -> dict:
+        self.last_epoch_losses = {k: v / max(1, self.epoch_n) for k, v in self.epoch_sums.items()
+                                  if keep is None or k in keep}
         return self.last_epoch_losses
+
+    # ---- resumable state ------------------------------------------------------------------
+    def save_state(self, epoch: int, batches_done: int) -> None:
+        """Everything needed to go on from (epoch, batches_done) as if never interrupted."""
+        save_state(self.out, {
+            "position": [epoch, batches_done], "step": self.step,
+            "stopper": [self.stopper.best, self.stopper.bad], "best_epoch": self.best_epoch,
+            "elapsed": time.perf_counter() - self.t_start, "log_offset": self.log_file.tell(),
+            "epoch_sums": dict(self.epoch_sums), "epoch_n": self.epoch_n,
+            "rng": rng_state(), "rows": self.rows.state_dict(),
+            "objects": {k: v.state_dict() for k, v in self.state_objects().items()},
+            "extra": self.extra_state()})
+
+    def restore(self, state: dict) -> tuple[int, int]:
+        """Load a saved state (strictly); → (epoch, batches done in it)."""
+        epoch, done = state["position"]
+        try:
+            for name, obj in self.state_objects().items():
+                obj.load_state_dict(state["objects"][name])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{self.out / 'resume'}: does not match this run's model or "
+                                  f"optimiser ({err}); set overwrite=true to start again") from None
+        self.load_extra_state(state["extra"])
+        self.rows.load_state_dict(state["rows"], mid_epoch=done > 0)
+        self.step, self.best_epoch = state["step"], state["best_epoch"]
+        self.stopper.best, self.stopper.bad = state["stopper"]
+        self.epoch_sums, self.epoch_n = dict(state["epoch_sums"]), state["epoch_n"]
+        self.t_start -= state["elapsed"]
+        set_rng_state(state["rng"])
+        return epoch, done
 
     def evaluate(self, split: str, max_users: int = 0) -> dict:
         return evaluate_generative(
@@ -125,34 +202,43 @@ class Stage:
 
     def train(self) -> dict:
         cfg = self.cfg
-        start = time.perf_counter()
-        stopper = EarlyStopping(cfg.patience)
-        best_epoch = -1
-        if self.validate_first:
+        self.t_start = time.perf_counter()
+        self.stopper = EarlyStopping(cfg.patience)
+        self.best_epoch = -1
+        first_epoch = 0
+        if self.resume_state is not None:
+            first_epoch, self.skip = self.restore(self.resume_state)
+            self.log(f"resuming {self.out}: epoch {first_epoch}, {self.skip} batches done, "
+                     f"step {self.step}")
+        elif self.validate_first:
             valid = self.evaluate("valid", cfg.valid_users)
             self.log(f"start (epoch -1): valid recall@10 {valid['recall@10']:.4f} "
                      f"ndcg@10 {valid['ndcg@10']:.4f}")
             self.write_log({"epoch": -1, "kind": "start", "valid": valid})
-            stopper.update(valid["ndcg@10"])
+            self.stopper.update(valid["ndcg@10"])
             self.save("best", {"epoch": -1, "valid": valid, **self.checkpoint_info()})
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
+            if self.stopper.stop:
+                break
             t0 = time.perf_counter()
             kind = self.run_epoch(epoch)
-            if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
-                continue
-            valid = self.evaluate("valid", cfg.valid_users)
-            losses = " ".join(f"{k} {v:.4f}" for k, v in self.last_epoch_losses.items())
-            self.log(f"epoch {epoch:3d} {kind:11s} {losses} | valid recall@10 "
-                     f"{valid['recall@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} "
-                     f"({time.perf_counter() - t0:.1f}s)")
-            info = self.checkpoint_info()
-            self.write_log({"epoch": epoch, "kind": kind, "valid": valid, **info})
-            if stopper.update(valid["ndcg@10"]):
-                best_epoch = epoch
-                self.save("best", {"epoch": epoch, "valid": valid, **info})
-            if stopper.stop:
-                self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} evaluations")
-                break
+            if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
+                valid = self.evaluate("valid", cfg.valid_users)
+                losses = " ".join(f"{k} {v:.4f}" for k, v in self.last_epoch_losses.items())
+                self.log(f"epoch {epoch:3d} {kind:11s} {losses} | valid recall@10 "
+                         f"{valid['recall@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} "
+                         f"({time.perf_counter() - t0:.1f}s)")
+                info = self.checkpoint_info()
+                self.write_log({"epoch": epoch, "kind": kind, "valid": valid, **info})
+                if self.stopper.update(valid["ndcg@10"]):
+                    self.best_epoch = epoch
+                    self.save("best", {"epoch": epoch, "valid": valid, **info})
+                if self.stopper.stop:
+                    self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} "
+                             f"evaluations")
+            self.save_state(epoch + 1, 0)
+        start = self.t_start
+        best_epoch = self.best_epoch
         train_seconds = time.perf_counter() - start
         best = load_checkpoint(self.out / "best", device=self.device)
         self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]

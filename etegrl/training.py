@@ -3,6 +3,7 @@ cosine schedule, and early stopping on a validation metric."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +35,24 @@ class RowEpochs:
             n = int(np.minimum(np.bincount(self.users), self.rows_per_user).sum())
         return -(-n // self.batch_size)
 
-    def epoch(self, device="cpu"):
+    def epoch(self, device="cpu", skip: int = 0):
+        """The batches of one epoch; ``skip`` leaves out the first ones (a resumed epoch)."""
+        self.epoch_start_state = copy.deepcopy(self.rng.bit_generator.state)
         keep = capped_row_indices(self.users, self.rows_per_user, self.rng)
-        for batch in length_bucketed_batches(self.lengths[keep], self.batch_size, self.rng):
+        batches = length_bucketed_batches(self.lengths[keep], self.batch_size, self.rng)
+        for batch in batches[skip:]:
             rows = keep[batch]
             yield (pad_histories([self.histories[i] for i in rows]).to(device),
                    torch.as_tensor(self.targets[rows], dtype=torch.long, device=device))
+
+    def state_dict(self) -> dict:
+        return {"now": copy.deepcopy(self.rng.bit_generator.state),
+                "epoch_start": getattr(self, "epoch_start_state", None)}
+
+    def load_state_dict(self, state: dict, *, mid_epoch: bool) -> None:
+        """Restore the generator; ``mid_epoch``: as it was when the interrupted epoch began,
+        so that ``epoch(skip=...)`` draws that epoch's batches again."""
+        self.rng.bit_generator.state = state["epoch_start" if mid_epoch else "now"]
 
 
 def adamw_cosine(params, *, lr: float, weight_decay: float, total_steps: int,

@@ -47,8 +47,7 @@ class FinetuneStage(Stage):
 
     def run_epoch(self, epoch: int) -> str:
         self.model.train()
-        self.fit_epoch(epoch, "finetune", self.rows.epoch(self.device),
-                       self.rows.batches_per_epoch(), self.batch_losses, self.opt, self.sched)
+        self.fit_epoch(epoch, "finetune", self.batch_losses, self.opt, self.sched)
         return "finetune"
 
     def export_model(self):

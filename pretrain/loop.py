@@ -50,7 +50,8 @@ class PretrainStage(Stage):
             quantize_mode=cfg.quantize_mode, gumbel_tau=cfg.gumbel_tau, logit_sign=cfg.logit_sign)
         self.tokenizer = RQVAE(**self.tokenizer_args).to(self.device)
         self.open_log()
-        self.pretrain_tokenizer()
+        if self.resume_state is None:  # a resumed run loads the trained tokenizer instead
+            self.pretrain_tokenizer()
         self.rebuild_codes()
         self.model = ETEGRecModel(ETEGRecConfig(
             code_num=cfg.code_num, code_len=cfg.levels + 1, d_model=cfg.d_model, d_ff=cfg.d_ff,
@@ -147,11 +148,22 @@ class PretrainStage(Stage):
         self.model.train(not train_tok)
         self.tokenizer.train(train_tok)
         opt, sched = (self.opt_id, self.sched_id) if train_tok else (self.opt_rec, self.sched_rec)
-        self.fit_epoch(epoch, kind, self.rows.epoch(self.device), self.rows.batches_per_epoch(),
-                       lambda hist, targets: self.batch_losses(hist, targets, kind), opt, sched)
+        self.fit_epoch(epoch, kind, lambda hist, targets: self.batch_losses(hist, targets, kind),
+                       opt, sched)
         if train_tok:
             self.rebuild_codes()
         return kind
+
+    def state_objects(self) -> dict:
+        return {"model": self.model, "tokenizer": self.tokenizer, "opt_rec": self.opt_rec,
+                "sched_rec": self.sched_rec, "opt_id": self.opt_id, "sched_id": self.sched_id}
+
+    def extra_state(self) -> dict:
+        return {"codes": self.table.codes.cpu(), "code_stats": self.code_stats}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.table = CodeTable(state["codes"][1:], code_num=self.cfg.code_num).to(self.device)
+        self.code_stats = dict(state["code_stats"])
 
     def checkpoint_info(self) -> dict:
         cfg = self.cfg

@@ -162,19 +162,20 @@ class RLStage(Stage):
                 "group_hit_rate": hits, **m, **stats}
 
     def run_epoch(self, epoch: int) -> str:
-        sums, n = {}, 0
-        bar = tqdm(self.rows.epoch(self.device), total=self.rows.batches_per_epoch(),
-                   desc=f"epoch {epoch} (grpo)", disable=not self.cfg.progress, leave=False)
+        bar = self.progress_bar(self.epoch_batches(epoch), epoch, "grpo")
         for hist, targets in bar:
             values = self.step_on(hist, targets)
-            self.write_log({"epoch": epoch, "step": self.step, "kind": "grpo", **values})
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
+            self.record(epoch, "grpo", values)
             bar.set_postfix(reward=f"{values['reward']:.3f}")
-        keep = ("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std", "group_hit_rate")
-        self.last_epoch_losses = {k: v / max(1, n) for k, v in sums.items() if k in keep}
+        self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
+                               "group_hit_rate"))
         return "grpo"
+
+    def extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
     def export_model(self):
         return merged_copy(self.peft) if self.peft is not None else self.model
