@@ -128,3 +128,17 @@ def history_tokens(histories: torch.Tensor, item_codes: torch.Tensor):
     codes = item_codes[histories]  # [B, L, code_len]; padding row 0 gives zeros
     mask = (histories > 0).unsqueeze(-1).expand_as(codes)
     return codes.reshape(histories.shape[0], -1), mask.reshape(histories.shape[0], -1).long()
+
+
+def set_dropout(model: nn.Module, rate: float) -> None:
+    """Every dropout of a (possibly LoRA-wrapped) model to ``rate``: the ``nn.Dropout`` modules
+    and T5's attention-probability dropout, a float attribute of ``T5Attention``."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = rate
+        elif isinstance(m, T5Attention):
+            m.dropout = rate
+    if hasattr(model, "config") and hasattr(model.config, "dropout_rate"):
+        model.config.dropout_rate = rate

@@ -50,39 +50,59 @@ def mark_done(out: str | Path) -> None:
 
 
 def run_stage(config_cls, stage_cls, argv=None, *, prog: str, errors: tuple = ()) -> int:
-    """The ``__main__`` of a training stage: parse the config, claim the output folder, run
-    setup/train/cleanup; bad input of any kind (``errors`` adds a stage's own error types)
-    ends as one ``error:`` line and exit code 2."""
-    from accelerate import PartialState
+    """The ``__main__`` of a training stage: parse the config, claim the output folder (main
+    process), run setup/train/cleanup in every process; bad input of any kind (``errors`` adds
+    a stage's own error types) ends as one ``error:`` line and exit code 2."""
+    from accelerate.utils import broadcast_object_list
 
     from .checkpoint import CheckpointError
     from .codes import CodeTableError
     from .config import ConfigError, parse_args
     from .data import DataError
-    from .resume import STATE_DIR
+    from .distributed import process_state
     from .embeddings import EmbeddingError
+    from .resume import STATE_DIR
 
-    # One process trains for now; the others leave at once (multi-process training is planned).
-    if not PartialState().is_main_process:
-        return 0
+    procs = process_state()
     errors = (ConfigError, DataError, EmbeddingError, CodeTableError, CheckpointError, *errors)
+
+    def fail(err, everywhere: bool = True) -> int:
+        if everywhere or procs.is_main_process:
+            where = f"[process {procs.process_index}] " if procs.num_processes > 1 else ""
+            print(f"{where}error: {err}", file=sys.stderr)
+        return 2
+
     try:
         cfg = parse_args(config_cls, argv, prog=prog)
-        if claim_output(cfg, cfg.output_dir, stage_cls.name):
+    except errors as err:
+        return fail(err)
+    outcome = [None]
+    if procs.is_main_process:  # one process decides about the folder; the others hear it
+        try:
+            outcome = ["finished" if claim_output(cfg, cfg.output_dir, stage_cls.name) else "run"]
+        except errors as err:
+            outcome = [f"error: {err}"]
+    if procs.num_processes > 1:
+        broadcast_object_list(outcome, from_process=0)
+    if outcome[0].startswith("error: "):
+        return fail(outcome[0][len("error: "):], everywhere=False)
+    if outcome[0] == "finished":
+        if procs.is_main_process:
             results = json.loads((Path(cfg.output_dir) / "results.json").read_text())
             print(f"{cfg.output_dir}: finished with this config; test "
                   f"{ {k: round(v, 4) for k, v in results['test'].items()} } "
                   f"(overwrite=true redoes it)")
-            return 0
+        return 0
+    try:
         stage = stage_cls(cfg)
         try:
             stage.setup()
             stage.train()
         finally:
             stage.cleanup()
+    except errors as err:
+        return fail(err)
+    if procs.is_main_process:
         mark_done(cfg.output_dir)
         shutil.rmtree(Path(cfg.output_dir) / STATE_DIR, ignore_errors=True)  # finished for good
-    except errors as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     return 0

@@ -21,6 +21,7 @@ from transformers import set_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
 from .data import load_processed
+from .distributed import Processes
 from .evaluation import PROTOCOL, evaluate_generative
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping
@@ -50,9 +51,14 @@ class Stage:
         self.step = 0
         self.log_file = None
         self.resume_state = None
+        self.procs = None
+        self.share = 1.0  # this process's part of the current global batch
         self.skip = 0  # batches of the current epoch already done before a resume
         self.epoch_sums: dict[str, float] = {}
         self.epoch_n = 0
+        self.stopper = EarlyStopping(cfg.patience)
+        self.best_epoch = -1
+        self.t_start = time.perf_counter()
 
     # ---- hooks ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -81,10 +87,11 @@ class Stage:
     # ---- shared pieces -------------------------------------------------------------------
     def begin(self) -> None:
         """Seeds, device, processed data: the first lines of every ``setup``."""
-        from accelerate import PartialState
-
         set_seed(self.cfg.seed)  # python, numpy and torch (and CUDA) generators
-        self.device = PartialState().device
+        self.procs = Processes()
+        self.device = self.procs.device
+        if not self.procs.is_main:
+            self.log = lambda *args, **kwargs: None
         self.data = load_processed(self.cfg.data_dir)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
 
@@ -99,7 +106,10 @@ class Stage:
         self.tokenizer.requires_grad_(False).eval()
 
     def open_log(self) -> None:
-        """The JSONL log; a resumed run cuts it back to where its state was saved."""
+        """The JSONL log (main process only); a resumed run cuts it back to where its state
+        was saved."""
+        if not self.procs.is_main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / "log.jsonl"
         if self.resume_state is None:
@@ -110,6 +120,8 @@ class Stage:
             self.log_file = open(path, "a")
 
     def write_log(self, record: dict) -> None:
+        if self.log_file is None:
+            return
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
 
@@ -120,8 +132,11 @@ class Stage:
         if not skip:
             self.epoch_sums, self.epoch_n = {}, 0
         total, every = self.rows.batches_per_epoch(), self.cfg.save_state_every
-        for i, batch in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
-            yield batch  # the caller trains on it before asking for the next one
+        for i, (hist, targets) in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
+            part = self.procs.share(len(targets))  # all of it in one process
+            self.share = (part.stop - part.start) / len(targets)
+            self.batch_targets = targets  # the whole global batch's, for losses over its items
+            yield hist[part], targets[part]  # the caller trains on it before asking for the next
             if every and (i + 1) % every == 0 and i + 1 < total:
                 self.save_state(epoch, i + 1)
 
@@ -140,13 +155,17 @@ class Stage:
         """One epoch of ``self.rows``: ``loss_fn(*batch)`` → dict of losses with "total"."""
         bar = self.progress_bar(self.epoch_batches(epoch), epoch, kind)
         for batch in bar:
-            losses = loss_fn(*batch)
             opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            values = {}
+            if len(batch[-1]):  # a process can get no rows of a tiny last batch
+                losses = loss_fn(*batch)
+                (losses["total"] * self.share).backward()
+                values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in losses.items()}
+            self.procs.sync_gradients(p for group in opt.param_groups for p in group["params"])
             opt.step()
             sched.step()
             self.step += 1
-            values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in losses.items()}
+            values = self.procs.weighted_sum(self.share, values)
             self.record(epoch, kind, values)
             bar.set_postfix(loss=f"{values['total']:.4f}")
         return self.epoch_means()
@@ -158,7 +177,11 @@ class Stage:
 
     # ---- resumable state ------------------------------------------------------------------
     def save_state(self, epoch: int, batches_done: int) -> None:
-        """Everything needed to go on from (epoch, batches_done) as if never interrupted."""
+        """Everything needed to go on from (epoch, batches_done) as if never interrupted.
+        Processes hold the same weights, optimiser states and generators: the main one's do."""
+        if not self.procs.is_main:
+            self.procs.barrier()
+            return
         save_state(self.out, {
             "position": [epoch, batches_done], "step": self.step,
             "stopper": [self.stopper.best, self.stopper.bad], "best_epoch": self.best_epoch,
@@ -167,6 +190,7 @@ class Stage:
             "rng": rng_state(), "rows": self.rows.state_dict(),
             "objects": {k: v.state_dict() for k, v in self.state_objects().items()},
             "extra": self.extra_state()})
+        self.procs.barrier()
 
     def restore(self, state: dict) -> tuple[int, int]:
         """Load a saved state (strictly); → (epoch, batches done in it)."""
@@ -190,15 +214,18 @@ class Stage:
         return evaluate_generative(
             self.model, self.table, self.data.splits[split], max_len=self.cfg.max_len,
             beam=self.cfg.beam, batch_size=self.cfg.eval_batch_size, logprob=self.cfg.logprob,
-            device=self.device, max_users=max_users, progress=self.cfg.progress)
+            device=self.device, max_users=max_users, progress=self.cfg.progress,
+            procs=self.procs)
 
     def export_model(self):
         """The model to checkpoint (a LoRA stage returns a merged copy)."""
         return self.model
 
     def save(self, name: str, info: dict) -> None:
-        save_checkpoint(self.out / name, model=self.export_model(), tokenizer=self.tokenizer,
-                        table=self.table, tokenizer_args=self.tokenizer_args, info=info)
+        if self.procs.is_main:
+            save_checkpoint(self.out / name, model=self.export_model(), tokenizer=self.tokenizer,
+                            table=self.table, tokenizer_args=self.tokenizer_args, info=info)
+        self.procs.barrier()
 
     def train(self) -> dict:
         cfg = self.cfg
@@ -210,7 +237,10 @@ class Stage:
             first_epoch, self.skip = self.restore(self.resume_state)
             self.log(f"resuming {self.out}: epoch {first_epoch}, {self.skip} batches done, "
                      f"step {self.step}")
-        elif self.validate_first:
+        for obj in self.state_objects().values():  # every process starts from the same weights
+            if isinstance(obj, torch.nn.Module):
+                self.procs.broadcast_module(obj)
+        if self.resume_state is None and self.validate_first:
             valid = self.evaluate("valid", cfg.valid_users)
             self.log(f"start (epoch -1): valid recall@10 {valid['recall@10']:.4f} "
                      f"ndcg@10 {valid['ndcg@10']:.4f}")
@@ -247,7 +277,8 @@ class Stage:
                    "test": test, "train_seconds": train_seconds,
                    "protocol": PROTOCOL.format(beam=cfg.beam, code_len=self.table.code_len),
                    **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch")}}
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        if self.procs.is_main:
+            (self.out / "results.json").write_text(json.dumps(results, indent=2))
         self.log(f"{self.name} test ({results['protocol']}): " + " ".join(
             f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
             + f" | distinct top-1 {test['distinct_top1']} | {train_seconds:.0f}s")

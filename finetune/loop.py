@@ -8,7 +8,7 @@ import torch
 
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.losses import code_loss
-from etegrl.model import history_tokens
+from etegrl.model import history_tokens, set_dropout
 from etegrl.stage import Stage
 from etegrl.training import RowEpochs, adamw_cosine
 
@@ -24,9 +24,7 @@ class FinetuneStage(Stage):
         self.begin()
         self.load_start(cfg.checkpoint)
         if cfg.dropout_rate >= 0:
-            for m in self.model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = cfg.dropout_rate
+            set_dropout(self.model, cfg.dropout_rate)
         self.peft = None
         if cfg.use_lora:
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,

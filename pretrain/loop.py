@@ -104,6 +104,7 @@ class PretrainStage(Stage):
                                               code_num=self.cfg.code_num)
         codes = assign_suffixes(prefix.cpu(), code_num=self.cfg.code_num,
                                 strategy=self.cfg.collision)
+        codes = self.procs.broadcast_(codes)  # processes must agree on the codes bit for bit
         self.table = CodeTable(codes, code_num=self.cfg.code_num).to(self.device)
         self.code_stats = {**self.table.stats(), "reassigned_items": moved}
 
@@ -123,8 +124,12 @@ class PretrainStage(Stage):
         if kind == "tokenizer":  # recommender frozen: its outputs need no graph
             with torch.no_grad():
                 out = self.model(tokens, mask, target_codes)
-            uniq = torch.unique(targets)  # each target item once in the VQ loss
-            losses["vq"] = self.tokenizer(self.semantic[uniq])["loss"]
+            # each item of the global batch once in the VQ loss, split over the processes and
+            # scaled so that summing share × loss over them gives the global batch's mean
+            uniq = torch.unique(self.batch_targets)
+            part = self.procs.share(len(uniq))
+            scale = (part.stop - part.start) / len(uniq) / self.share
+            losses["vq"] = self.tokenizer(self.semantic[uniq[part]])["loss"] * scale
         else:
             out = self.model(tokens, mask, target_codes)
             losses["code"] = code_loss(out["logits"], target_codes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from trl import GRPOConfig
 
 from etegrl.config import option
@@ -38,6 +39,9 @@ class RLConfig(EvalOptions, GRPOConfig):
     lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters.")
     # trl defaults that do not suit this CPU-first setting
     bf16: bool = option(False, "bf16 training (trl defaults to True, which a CPU refuses).")
+    # TrainingArguments rebuilds accelerate's process state from this; without it, processes
+    # started on a machine with no GPU would not join (each would believe it is alone)
+    use_cpu: bool = option(not torch.accelerator.is_available(), "Train on the CPU (the default where no GPU or other accelerator is present).")
     report_to: list[str] = option(["none"], "Integrations to report to (the JSONL log is always written).")
     num_generations: int = option(16, "Group size G: distinct items per user (MiniOneRec uses 16).")
     per_device_train_batch_size: int = option(256, "Completions per step = users per step × num_generations.")

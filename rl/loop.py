@@ -55,7 +55,9 @@ class RLStage(Stage):
         counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
                              minlength=self.data.n_items + 1)
         self.popularity = torch.as_tensor(counts)
-        self.rows = RowEpochs(self.data.splits["train"], batch_size=cfg.users_per_step,
+        # trl's per_device_train_batch_size: each process gets users_per_step users a step
+        self.rows = RowEpochs(self.data.splits["train"],
+                              batch_size=cfg.users_per_step * self.procs.world,
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed)
         self.open_log()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -117,10 +119,20 @@ class RLStage(Stage):
         return model.code_logits(hidden), flat
 
     def step_on(self, hist, targets) -> dict:
+        """One GRPO step on this process's users of the global batch (whole groups)."""
         cfg = self.cfg
         # eval mode: T5's attention-probability dropout is a float inside T5Attention, not an
         # nn.Dropout module, so disable_dropout_in_model alone would leave it on in train mode
         self.model.eval()
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        if not len(targets):  # a process can get no users of a tiny last batch: still sync
+            for _ in range(cfg.num_iterations):
+                self.opt.zero_grad(set_to_none=True)
+                self.procs.sync_gradients(params)
+                self.opt.step()
+                self.sched.step()
+                self.step += 1
+            return {}
         items, codes = self.make_groups(hist, targets)
         r, stats = self.group_rewards(hist, targets, items, codes)
         adv, zero_std = group_advantages(r, cfg.scale_rewards)
@@ -153,7 +165,8 @@ class RLStage(Stage):
                 epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high or cfg.epsilon,
                 loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * self.share).backward()  # the global batch's mean over processes
+            self.procs.sync_gradients(params)
             self.opt.step()
             self.sched.step()
             self.step += 1
@@ -164,7 +177,7 @@ class RLStage(Stage):
     def run_epoch(self, epoch: int) -> str:
         bar = self.progress_bar(self.epoch_batches(epoch), epoch, "grpo")
         for hist, targets in bar:
-            values = self.step_on(hist, targets)
+            values = self.procs.weighted_sum(self.share, self.step_on(hist, targets))
             self.record(epoch, "grpo", values)
             bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
