@@ -19,6 +19,8 @@ import torch
 from .checkpoint import CheckpointError, atomic_dir, recover_dir
 
 STATE_DIR = "resume"
+KEYS = {"position", "step", "stopper", "best_epoch", "elapsed", "log_offset", "epoch_sums",
+        "epoch_n", "rng", "rows", "objects", "extra"}
 
 
 def rng_state() -> dict:
@@ -55,7 +57,12 @@ def load_state(out_dir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a state written by atomic_dir is whole; say which file is not
         raise CheckpointError(f"{path}: unreadable resume state ({err}); delete it or set "
                               f"overwrite=true to start the run again") from None
+    missing = KEYS - set(state) if isinstance(state, dict) else KEYS
+    if missing:
+        raise CheckpointError(f"{path}: not a resume state of this version (missing "
+                              f"{', '.join(sorted(missing))}); delete it or set overwrite=true")
+    return state

@@ -114,3 +114,14 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
             (tmp / "marker").write_text("second")
             raise RuntimeError("killed while writing")
     assert (path / "marker").read_text() == "first"
+
+
+def test_same_seed_same_run(tiny_data, trained_run, tmp_path):
+    """Determinism on CPU: two runs with one seed give identical weights, logs and metrics."""
+    from finetune.__main__ import main
+
+    for name in ("a", "b"):
+        assert main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                     f"output_dir={tmp_path / name}", "max_len=8", "epochs=2", "batch_size=32",
+                     "dropout_rate=0.2", "seed=11", "progress=false"]) == 0
+    check_same(tmp_path / "a", tmp_path / "b")

@@ -60,6 +60,10 @@ def merge_split_rows(train: list[_SplitRow], valid: list[_SplitRow],
     test row must continue that (its history ends with the validation target). Histories may
     have been truncated, so only their common tails are compared.
     """
+    for row in (*train, *valid, *test):
+        if not row.history:
+            raise DataError(f"{row.where}: empty history for user {row.user!r}; every row "
+                            f"needs at least one earlier item")
     chains = chain_train_rows(train)
 
     def continues(seq, row):
