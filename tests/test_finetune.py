@@ -68,3 +68,23 @@ def test_lora_trains_adapters_and_saves_a_merged_plain_model(tiny_data, trained_
     changed = [k for k in pre if not torch.equal(pre[k], merged[k])]
     assert changed and all(k.endswith((".q.weight", ".k.weight", ".v.weight", ".o.weight"))
                            for k in changed)
+
+
+def test_recommend_cli(tiny_data, trained_run, capsys):
+    from etegrl.recommend import main
+
+    data = str(tiny_data / "data")
+    base = ["--checkpoint", str(trained_run / "best"), "--data-dir", data, "--json"]
+    assert main(base + ["--history", "4", "11", "18", "--k", "5"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    assert len({r["item"] for r in rows}) == 5
+    assert all(a["score"] >= b["score"] for a, b in zip(rows, rows[1:]))
+    assert main(base + ["--user", "u3", "--k", "3", "--exclude-history"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    history = {str((3 * 7 + 3 * k) % 30 + 1) for k in range(9)}  # user u3 of the fixture
+    assert len(rows) == 3 and not {r["token"] for r in rows} & history
+    assert main(base + ["--history", "4", "99"]) == 2
+    assert "history item '99' is neither an item token" in capsys.readouterr().err
+    assert main(base + ["--user", "nobody"]) == 2
+    assert "user 'nobody' is not in" in capsys.readouterr().err

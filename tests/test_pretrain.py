@@ -124,3 +124,21 @@ def test_tiny_configs_run_data_to_pretrain(tmp_path):
     assert kinds == ["warmup", "recommender", "tokenizer", "recommender"]
     assert results["codes"]["distinct_prefixes"] > 100
     assert 0.0 <= results["test"]["ndcg@10"] <= results["test"]["recall@10"] <= 1.0
+
+
+def test_report_table_and_curves(trained_run, tmp_path, capsys):
+    from etegrl.report import main
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "pretrain").symlink_to(trained_run, target_is_directory=True)
+    assert main([str(root)]) == 0
+    results = json.loads((trained_run / "results.json").read_text())
+    row = next(line for line in (root / "results.md").read_text().splitlines()
+               if line.startswith("| ETEGRec pretrain |"))
+    assert f"| {results['test']['ndcg@10']:.4f} |" in row
+    assert "beam 20" in (root / "results.md").read_text()
+    pytest.importorskip("matplotlib", reason="curves need the plot extra")
+    png = trained_run / "curves.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    assert f"curves: {root / 'pretrain' / 'curves.png'}" in capsys.readouterr().out
