@@ -15,16 +15,13 @@ the script prints the share of users whose top-10 lists are identical and the sp
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import parser as bench_parser
 from transformers import T5Config, T5ForConditionalGeneration
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from etegrl.checkpoint import load_checkpoint  # noqa: E402
 from etegrl.data import load_processed, pad_histories  # noqa: E402
@@ -90,14 +87,9 @@ def hf_topk(hf, table, hist, beam: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--users", type=int, default=256)
+    parser = bench_parser(__doc__, users=256)
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-len", type=int, default=20)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     ckpt = load_checkpoint(args.checkpoint)

@@ -113,6 +113,29 @@ class ETEGRecModel(PreTrainedModel):
                               cache=cache, use_cache=cache is not None)
         return out.last_hidden_state, cache
 
+    def group_logits(self, tokens: torch.Tensor, mask: torch.Tensor,
+                     codes: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced code logits of G candidate items per history → ``[B*G, code_len,
+        code_num]`` for ``codes`` ``[B, G, code_len]``, with the shared work done once per
+        history: the encoder, the cross-attention keys and values (most of a short decoder's
+        cost) and the first decoder step (BOS, the same for every candidate); only the later
+        steps run per candidate. Differentiable; equal to ``decode`` on repeated inputs."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        n, g, code_len = codes.shape
+        encoded = self.encode(tokens, mask)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        first, cache = self.decode(encoded, mask, codes.new_zeros(n, 0), cache=cache)
+        cache.batch_repeat_interleave(g)
+        flat = codes.reshape(n * g, code_len)
+        steps = torch.arange(code_len - 1, device=codes.device)
+        rest = self.decoder(inputs_embeds=self._table()[steps.unsqueeze(0), flat[:, :-1]],
+                            encoder_hidden_states=encoded.repeat_interleave(g, 0),
+                            encoder_attention_mask=mask.repeat_interleave(g, 0), cache=cache,
+                            use_cache=True).last_hidden_state
+        hidden = torch.cat([first.repeat_interleave(g, 0), rest], dim=1)
+        return self.code_logits(hidden)
+
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor):
         """Training pass: code logits ``[B, code_len, code_num]``, pooled encoder state (for
         SIA) and the decoder's BOS state (for PSA)."""

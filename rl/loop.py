@@ -111,12 +111,9 @@ class RLStage(Stage):
 
     # ------------------------------------------------------------------ log-probabilities
     def logits_for(self, model, tokens, mask, codes):
-        """Code logits of every group member, the history encoded once per user."""
-        g = codes.shape[1]
-        encoded = model.encode(tokens, mask).repeat_interleave(g, 0)
-        flat = codes.reshape(-1, codes.shape[-1])
-        hidden, _ = model.decode(encoded, mask.repeat_interleave(g, 0), flat[:, :-1])
-        return model.code_logits(hidden), flat
+        """Code logits of every group member; per user once: the encoder, the decoder's
+        cross-attention keys/values and its first step (``ETEGRecModel.group_logits``)."""
+        return model.group_logits(tokens, mask, codes), codes.reshape(-1, codes.shape[-1])
 
     def step_on(self, hist, targets) -> dict:
         """One GRPO step on this process's users of the global batch (whole groups)."""

@@ -80,3 +80,32 @@ def test_logprobs_and_exact_kl():
 def test_unsupported_loss_type():
     with pytest.raises(ValueError, match="loss_type 'sapo' is not supported"):
         grpo_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1), loss_type="sapo")
+
+
+def test_group_logits_equal_decoding_each_member(trained_run):
+    from etegrl.checkpoint import load_checkpoint
+    from etegrl.data import pad_histories
+    from etegrl.model import history_tokens
+
+    ckpt = load_checkpoint(trained_run / "best")
+    model, table = ckpt["model"].eval(), ckpt["table"]
+    hist = pad_histories([[1, 2, 3], [4, 5], [6, 7, 8, 9]])
+    tokens, mask = history_tokens(hist, table.codes)
+    g = 5
+    codes = table.codes[torch.randint(1, table.n_items + 1, (3, g))]
+    fast = model.group_logits(tokens, mask, codes)
+    flat = codes.reshape(-1, codes.shape[-1])
+    encoded = model.encode(tokens, mask).repeat_interleave(g, 0)
+    hidden, _ = model.decode(encoded, mask.repeat_interleave(g, 0), flat[:, :-1])
+    slow = model.code_logits(hidden)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    # the same gradients, the encoder's included (through the shared keys and values)
+    weights = torch.randn_like(slow)
+    grads = []
+    for logits in (slow, fast):
+        model.zero_grad()
+        (logits.log_softmax(-1) * weights).sum().backward(retain_graph=True)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("encoder.") for k in grads[0])
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4), k
