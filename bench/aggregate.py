@@ -1,0 +1,62 @@
+"""Mean ± std over seeds of every model's test metrics and train time, as one markdown table.
+
+    python bench/aggregate.py runs/ml-100k/seed42 runs/ml-100k/seed1 runs/ml-100k/seed2 [--out FILE]
+
+Each folder has the layout ``run_grpo.sh`` writes (``data/``, ``pretrain-tiger/``,
+``pretrain/``, ``finetune/``, ``rl/``); models missing from some folders are averaged over the
+folders that have them (the n column says how many).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from common import median_seconds  # noqa: F401  (puts the project on the path)
+
+from etegrl.evaluation import PROTOCOL
+from etegrl.report import rows
+
+COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10"]
+
+
+def aggregate(roots: list[Path]) -> str:
+    by_model: dict[str, list[tuple[dict, float]]] = {}
+    for root in roots:
+        for name, test, seconds in rows(root):
+            by_model.setdefault(name, []).append((test, seconds))
+    lines = ["| model | n | " + " | ".join(COLUMNS) + " | train time (s) |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for name, runs in by_model.items():
+        cells = []
+        for col in COLUMNS + ["seconds"]:
+            values = np.array([s if col == "seconds" else t[col] for t, s in runs])
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.0f} ± {std:.0f}" if col == "seconds"
+                         else f"{values.mean():.4f} ± {std:.4f}")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n\nTest split, mean ± sample std over runs; "
+            + PROTOCOL.format(beam=20, code_len=4) + "; SASRec ranks all items by its scores.\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, help="Also write the table to this file.")
+    args = parser.parse_args(argv)
+    missing = [str(r) for r in args.roots if not r.is_dir()]
+    if missing:
+        print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    text = aggregate(args.roots)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

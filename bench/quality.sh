@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Quality over seeds: SASRec, TIGER mode, ETEGRec (pretrain → finetune) and ETEGRec + GRPO on
+# one dataset, each seed a whole run_grpo.sh chain in runs/<dataset>-seed<S>, then a table of
+# mean ± std in runs/<dataset>-quality.md and each run's curves (<stage>/curves.png).
+#   bash bench/quality.sh [DATASET] [SEEDS...]        e.g. bash bench/quality.sh ml-100k 42 1 2
+# On 2 CPU cores one ML-100K seed takes about an hour; use a GPU machine for Beauty.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/install.sh
+dataset="${1:-ml-100k}"
+[ $# -gt 0 ] && shift
+if [ $# -eq 0 ]; then seeds=(42 1 2); else seeds=("$@"); fi
+launch() { accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+  --dynamo_backend no -m "$@"; }
+roots=()
+for seed in "${seeds[@]}"; do
+  root="runs/$dataset-seed$seed"
+  roots+=("$root")
+  common=(seed="$seed" data_dir="$root/data")
+  launch etegrl.prepare --config "configs/$dataset/prepare.yaml" seed="$seed" output_dir="$root/data"
+  launch pretrain --config "configs/$dataset/pretrain.yaml" "${common[@]}" mode=tiger \
+    output_dir="$root/pretrain-tiger"
+  launch pretrain --config "configs/$dataset/pretrain.yaml" "${common[@]}" output_dir="$root/pretrain"
+  launch finetune --config "configs/$dataset/finetune.yaml" "${common[@]}" \
+    checkpoint="$root/pretrain/best" output_dir="$root/finetune"
+  launch rl --config "configs/$dataset/rl.yaml" "${common[@]}" \
+    checkpoint="$root/finetune/best" output_dir="$root/rl"
+  python -m etegrl.report "$root" > /dev/null
+done
+python bench/aggregate.py "${roots[@]}" --out "runs/$dataset-quality.md"
