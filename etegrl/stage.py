@@ -149,7 +149,8 @@ class Stage:
 
     def progress_bar(self, batches, epoch: int, kind: str):
         return tqdm(batches, total=self.rows.batches_per_epoch(), initial=self.skip,
-                    desc=f"epoch {epoch} ({kind})", disable=not self.cfg.progress, leave=False)
+                    desc=f"epoch {epoch} ({kind})", leave=False,
+                    disable=not self.cfg.progress or not self.procs.is_main)
 
     def fit_epoch(self, epoch: int, kind: str, loss_fn, opt, sched) -> dict:
         """One epoch of ``self.rows``: ``loss_fn(*batch)`` → dict of losses with "total"."""
@@ -214,7 +215,7 @@ class Stage:
         return evaluate_generative(
             self.model, self.table, self.data.splits[split], max_len=self.cfg.max_len,
             beam=self.cfg.beam, batch_size=self.cfg.eval_batch_size, logprob=self.cfg.logprob,
-            device=self.device, max_users=max_users, progress=self.cfg.progress,
+            device=self.device, max_users=max_users, progress=self.cfg.progress and self.procs.is_main,
             procs=self.procs)
 
     def export_model(self):
