@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import median_seconds  # noqa: F401  (puts the project on the path)
+import common  # noqa: F401  (puts the project on the import path)
 
 from etegrl.evaluation import PROTOCOL
 from etegrl.report import rows

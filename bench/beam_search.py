@@ -23,10 +23,10 @@ import torch
 from common import parser as bench_parser
 from transformers import T5Config, T5ForConditionalGeneration
 
-from etegrl.checkpoint import load_checkpoint  # noqa: E402
-from etegrl.data import load_processed, pad_histories  # noqa: E402
-from etegrl.generation import beam_search  # noqa: E402
-from etegrl.model import history_tokens  # noqa: E402
+from etegrl.checkpoint import load_checkpoint
+from etegrl.data import load_processed, pad_histories
+from etegrl.generation import beam_search
+from etegrl.model import history_tokens
 
 
 class PositionMaskedT5(T5ForConditionalGeneration):

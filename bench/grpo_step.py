@@ -17,10 +17,10 @@ import torch
 from common import median_seconds as timed
 from common import parser as bench_parser
 
-from etegrl.losses import code_loss  # noqa: E402
-from etegrl.model import history_tokens  # noqa: E402
-from rl.config import RLConfig  # noqa: E402
-from rl.loop import RLStage  # noqa: E402
+from etegrl.losses import code_loss
+from etegrl.model import history_tokens
+from rl.config import RLConfig
+from rl.loop import RLStage
 
 
 class NaiveRLStage(RLStage):

@@ -17,7 +17,7 @@ import sys
 import time
 
 import torch
-from common import median_seconds  # noqa: F401  (puts the project on the path)
+import common  # noqa: F401  (puts the project on the import path)
 from torch.utils.flop_counter import FlopCounterMode
 
 from etegrl.config import parse_args
@@ -58,11 +58,10 @@ def run_kind(stage: PretrainStage, kind: str, steps: int) -> dict:
         opt.step()
 
     step(*batches[0])  # warm-up
-    flops = 0
     with FlopCounterMode(display=False) as counter:
         step(*batches[0])
     per_sample = counter.get_total_flops() / len(batches[0][1])
-    samples = 0
+    samples, flops = 0, 0.0
     t0 = time.perf_counter()
     for hist, targets in batches[1:]:
         step(hist, targets)

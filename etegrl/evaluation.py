@@ -48,10 +48,10 @@ def evaluate_generative(model: ETEGRecModel, table: CodeTable, split, *, max_len
     ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     top = torch.cat(tops) if tops else torch.zeros(0, min(10, beam), dtype=torch.long)
     if procs is not None and procs.world > 1:
-        rows = procs.gather(order.tolist())
-        ranks = torch.as_tensor(procs.gather(ranks.tolist()))
-        top = torch.as_tensor(procs.gather(top.tolist()))
-        order = np.asarray(rows)
+        gathered = procs.gather(list(zip(order.tolist(), ranks.tolist(), top.tolist())))
+        order = np.asarray([row for row, _, _ in gathered])
+        ranks = torch.as_tensor([rank for _, rank, _ in gathered])
+        top = torch.as_tensor([items for _, _, items in gathered])
     by_row = torch.as_tensor(np.argsort(order, kind="stable"))  # one order however it was split
     ranks, top = ranks[by_row], top[by_row]
     metrics = ranking_metrics(ranks, DEFAULT_KS)

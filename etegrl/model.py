@@ -15,6 +15,7 @@ from torch import nn
 import copy
 
 from transformers import PretrainedConfig, PreTrainedModel, T5Config
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5Stack
 
 
@@ -120,8 +121,6 @@ class ETEGRecModel(PreTrainedModel):
         history: the encoder, the cross-attention keys and values (most of a short decoder's
         cost) and the first decoder step (BOS, the same for every candidate); only the later
         steps run per candidate. Differentiable; equal to ``decode`` on repeated inputs."""
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
         n, g, code_len = codes.shape
         encoded = self.encode(tokens, mask)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
