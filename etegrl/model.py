@@ -18,6 +18,8 @@ from transformers import PretrainedConfig, PreTrainedModel, T5Config
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5Stack
 
+from etegrl import fast_dropout
+
 
 class ETEGRecConfig(PretrainedConfig):
     model_type = "etegrec"
@@ -40,7 +42,8 @@ class ETEGRecConfig(PretrainedConfig):
                         num_layers=self.num_layers, num_decoder_layers=self.num_decoder_layers,
                         num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                         feed_forward_proj=self.feed_forward_proj, pad_token_id=0,
-                        eos_token_id=0, decoder_start_token_id=0, use_cache=True)
+                        eos_token_id=0, decoder_start_token_id=0, use_cache=True,
+                        attn_implementation=fast_dropout.ATTENTION)
 
 
 class ETEGRecModel(PreTrainedModel):
@@ -58,6 +61,7 @@ class ETEGRecModel(PreTrainedModel):
         dec.is_decoder, dec.num_layers = True, config.num_decoder_layers
         t5.is_decoder, t5.use_cache = False, False
         self.encoder, self.decoder = T5Stack(t5), T5Stack(dec)
+        fast_dropout.use_fast_dropout(self)
         # The stacks only ever get embeddings (per-position code tables below), so their own
         # token tables are dropped rather than left as untrained parameters.
         self.encoder.embed_tokens = None
@@ -133,16 +137,18 @@ class ETEGRecModel(PreTrainedModel):
                             encoder_attention_mask=mask.repeat_interleave(g, 0), cache=cache,
                             use_cache=True).last_hidden_state
         hidden = torch.cat([first.repeat_interleave(g, 0), rest], dim=1)
-        return self.code_logits(hidden)
+        return self.code_logits(hidden).float()  # fp32 for the losses, also under autocast
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor):
         """Training pass: code logits ``[B, code_len, code_num]``, pooled encoder state (for
         SIA) and the decoder's BOS state (for PSA)."""
         encoded = self.encode(tokens, mask)
         hidden, _ = self.decode(encoded, mask, target_codes[:, :-1])
-        m = mask.unsqueeze(-1).to(encoded.dtype)
-        pooled = (encoded * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return {"logits": self.code_logits(hidden), "pooled": pooled, "bos_state": hidden[:, 0]}
+        # fp32 from here on (pooling, losses, tokenizer), also when the stacks ran under autocast
+        m = mask.unsqueeze(-1).float()
+        pooled = (encoded.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return {"logits": self.code_logits(hidden).float(), "pooled": pooled,
+                "bos_state": hidden[:, 0].float()}
 
 
 def history_tokens(histories: torch.Tensor, item_codes: torch.Tensor):

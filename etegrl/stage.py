@@ -147,6 +147,12 @@ class Stage:
             self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
         self.epoch_n += 1
 
+    def autocast(self):
+        """Context of the recommender's training forward passes: bf16 autocast when the config
+        asks for it (``bf16``), else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=bool(getattr(self.cfg, "bf16", False)))
+
     def progress_bar(self, batches, epoch: int, kind: str):
         return tqdm(batches, total=self.rows.batches_per_epoch(), initial=self.skip,
                     desc=f"epoch {epoch} ({kind})", leave=False,

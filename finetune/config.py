@@ -23,6 +23,7 @@ class FinetuneConfig(EvalOptions):
     weight_decay: float = option(0.05, "AdamW weight decay.")
     warmup_ratio: float = option(0.0, "Share of steps in linear warm-up before the cosine decay (official: none).")
     dropout_rate: float = option(-1.0, "Override the checkpoint's T5 dropout (< 0 keeps it).")
+    bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
     use_lora: bool = option(False, "Train LoRA adapters on the attention projections instead of all weights; merged on save.")
     lora_r: int = option(8, "LoRA rank.")
     lora_alpha: int = option(16, "LoRA alpha.")

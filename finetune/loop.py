@@ -39,7 +39,8 @@ class FinetuneStage(Stage):
     def batch_losses(self, hist, targets):
         tokens, mask = history_tokens(hist, self.table.codes)
         target_codes = self.table.codes[targets]
-        out = self.model(tokens, mask, target_codes)
+        with self.autocast():
+            out = self.model(tokens, mask, target_codes)
         loss = code_loss(out["logits"], target_codes)
         return {"code": loss, "total": loss}
 

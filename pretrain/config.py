@@ -24,6 +24,7 @@ class PretrainConfig(EvalOptions):
     num_heads: int = option(4, "Attention heads.")
     d_kv: int = option(64, "Size of each head's keys and values.")
     dropout_rate: float = option(0.1, "T5 dropout.")
+    bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
     max_len: int = option(50, "History items the recommender reads (the last ones).")
     # tokenizer (RQ-VAE)
     code_num: int = option(256, "Codes per level (and collision suffixes).")

@@ -123,7 +123,8 @@ class PretrainStage(Stage):
         losses = {}
         if kind == "tokenizer":  # recommender frozen: its outputs need no graph
             with torch.no_grad():
-                out = self.model(tokens, mask, target_codes)
+                with self.autocast():
+                    out = self.model(tokens, mask, target_codes)
             # each item of the global batch once in the VQ loss, split over the processes and
             # scaled so that summing share × loss over them gives the global batch's mean
             uniq = torch.unique(self.batch_targets)
@@ -131,7 +132,8 @@ class PretrainStage(Stage):
             scale = (part.stop - part.start) / len(uniq) / self.share
             losses["vq"] = self.tokenizer(self.semantic[uniq[part]])["loss"] * scale
         else:
-            out = self.model(tokens, mask, target_codes)
+            with self.autocast():
+                out = self.model(tokens, mask, target_codes)
             losses["code"] = code_loss(out["logits"], target_codes)
         if kind in ("tokenizer", "recommender"):
             with torch.set_grad_enabled(kind == "tokenizer"):

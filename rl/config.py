@@ -38,7 +38,7 @@ class RLConfig(EvalOptions, GRPOConfig):
     lora_dropout: float = option(0.0, "LoRA dropout.")
     lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters.")
     # trl defaults that do not suit this CPU-first setting
-    bf16: bool = option(False, "bf16 training (trl defaults to True, which a CPU refuses).")
+    bf16: bool = option(False, "Mixed precision: the policy's and reference's forward passes in the update under bf16 autocast; weights, optimiser, losses and group generation stay fp32 (trl's default is True; ours is off, as it pays only on GPUs and CPUs with native bf16).")
     # TrainingArguments rebuilds accelerate's process state from this; without it, processes
     # started on a machine with no GPU would not join (each would believe it is alone)
     use_cpu: bool = option(not torch.accelerator.is_available(), "Train on the CPU (the default where no GPU or other accelerator is present).")

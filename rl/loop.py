@@ -113,7 +113,9 @@ class RLStage(Stage):
     def logits_for(self, model, tokens, mask, codes):
         """Code logits of every group member; per user once: the encoder, the decoder's
         cross-attention keys/values and its first step (``ETEGRecModel.group_logits``)."""
-        return model.group_logits(tokens, mask, codes), codes.reshape(-1, codes.shape[-1])
+        with self.autocast():
+            logits = model.group_logits(tokens, mask, codes)
+        return logits, codes.reshape(-1, codes.shape[-1])
 
     def step_on(self, hist, targets) -> dict:
         """One GRPO step on this process's users of the global batch (whole groups)."""

@@ -88,3 +88,24 @@ def test_recommend_cli(tiny_data, trained_run, capsys):
     assert "history item '99' is neither an item token" in capsys.readouterr().err
     assert main(base + ["--user", "nobody"]) == 2
     assert "user 'nobody' is not in" in capsys.readouterr().err
+
+
+def test_bf16_autocast_trains_fp32_weights_on_close_losses(tiny_data, trained_run, tmp_path):
+    stage = FinetuneStage(config(tiny_data, trained_run, tmp_path / "ft", bf16=True),
+                          log=lambda *_: None)
+    stage.setup()
+    stage.model.eval()  # no dropout: the two precisions see the same network
+    hist, targets = next(iter(stage.rows.epoch()))
+    with torch.no_grad():
+        mixed = stage.batch_losses(hist, targets)["total"]
+        stage.cfg.bf16 = False
+        full = stage.batch_losses(hist, targets)["total"]
+        stage.cfg.bf16 = True
+    assert mixed.dtype == torch.float32 and not torch.equal(mixed, full)  # autocast did act
+    torch.testing.assert_close(mixed, full, rtol=2e-2, atol=0)
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    stage.run_epoch(0)
+    assert all(p.dtype == torch.float32 for p in stage.model.parameters())
+    assert not torch.equal(before["encoder.block.0.layer.0.SelfAttention.q.weight"],
+                           stage.model.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"])
+    stage.cleanup()
