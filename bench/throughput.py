@@ -7,7 +7,8 @@ The stage is set up as configured (its data must be prepared; tokenizer pretrain
 here, it does not change a step's cost), then ``--steps`` training steps of each kind run on the
 stage's own length-bucketed batches. FLOPs per step (forward + backward + optimiser) come from
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and attention: what the peak measures);
-the peak is the best of several large fp32 matmuls.
+the peak is the best of several large matmuls in the precision the step's matmuls use (fp32, or
+bf16 with ``bf16=true``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pretrain.config import PretrainConfig
 from pretrain.loop import PretrainStage
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -82,8 +83,10 @@ def main(argv=None) -> int:
                                              "output_dir=/tmp/throughput-bench", "overwrite=true"])
     stage = PretrainStage(cfg, log=lambda *_: None)
     stage.setup()
-    peak = matmul_peak()
-    print(f"threads {torch.get_num_threads()}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
+    # the share is taken of the peak of the precision the matmuls run in (bf16=true: bf16)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    peak = matmul_peak(dtype=dtype)
+    print(f"threads {torch.get_num_threads()}; {str(dtype)[6:]} matmul peak {peak / 1e9:.1f} GFLOP/s; "
           f"{cfg.num_layers}+{cfg.num_decoder_layers} layers, d_model {cfg.d_model}, batch "
           f"{cfg.batch_size}, histories ≤ {cfg.max_len} items")
     print("| epoch kind | samples/s | mean history | GFLOP/s | share of peak |")

@@ -1,27 +1,19 @@
-"""Dropout that is cheap on CPU, for T5's dropout modules and its attention-probability dropout.
+"""Dropout that is cheap on CPU: T5's and SASRec's dropout modules, and (through
+``etegrl.attention``) T5's attention-probability dropout.
 
 Why our own: on CPU, PyTorch draws a dropout mask with ``bernoulli_``, one Mersenne-Twister call
 per element; in a 2+2-layer T5 training step that was a quarter of the step (a third under bf16
 autocast). Here one 64-bit random word gives four 16-bit draws, each kept when it is at least
 ``p·65536`` (the drop probability rounded to 1/65536), which is about 3× cheaper per element
 for the same distribution. The mask is a bool tensor saved for the backward pass. Every other
-device keeps PyTorch's own dropout (fast Philox kernels on GPUs), and so does the attention
-whenever no dropout is drawn: it goes to transformers' SDPA as before.
-
-The attention part is registered with transformers' ``AttentionInterface`` under
-``ATTENTION`` (masks as for "sdpa"); T5 configs select it with ``attn_implementation``.
+device keeps PyTorch's own dropout (fast Philox kernels on GPUs).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import (create_position_bias_mask,
-                                                      sdpa_attention_forward)
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-ATTENTION = "etegrl_sdpa"
 _DRAWS = 4  # 16-bit draws per 64-bit random word
 
 
@@ -65,27 +57,6 @@ class Dropout(nn.Dropout):
         return drop(x, self.p, self.training)
 
 
-def attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-              scaling: float | None = None, is_causal: bool | None = None,
-              position_bias: torch.Tensor | None = None, **kwargs):
-    """transformers' SDPA attention, except that when dropout is drawn on CPU the probabilities
-    are computed here (SDPA would fall back to its math path and ``bernoulli_`` anyway)."""
-    if dropout == 0.0 or query.device.type != "cpu" or position_bias is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal,
-                                      position_bias=position_bias, **kwargs)
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    causal = query.shape[2] > 1 and attention_mask is None and causal
-    bias = create_position_bias_mask(position_bias, attention_mask, causal, query, key)
-    scores = torch.matmul(query, key.transpose(2, 3))
-    if scaling is not None and scaling != 1.0:
-        scores = scores * scaling
-    probs = torch.softmax(scores + bias, dim=-1)
-    probs = drop(probs, dropout)
-    out = torch.matmul(probs.to(value.dtype), value)
-    return out.transpose(1, 2).contiguous(), None
-
-
 def use_fast_dropout(model: nn.Module) -> None:
     """Swap every plain ``nn.Dropout`` inside ``model`` for ``Dropout`` (same rate)."""
     for parent in list(model.modules()):
@@ -93,6 +64,3 @@ def use_fast_dropout(model: nn.Module) -> None:
             if type(child) is nn.Dropout:
                 setattr(parent, name, Dropout(child.p, child.inplace))
 
-
-AttentionInterface.register(ATTENTION, attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)

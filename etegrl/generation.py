@@ -2,10 +2,10 @@
 recommend command and GRPO groups.
 
 The encoder runs once per user. Decoding step 0 also runs once per user (all beams are the
-same there); its cache, cross-attention keys/values included, is then repeated for the beams.
-Later steps feed one token per beam with the KV cache. Reordering beams only permutes beams of
-the same user, whose cross-attention caches are identical, so only the self-attention cache is
-reordered. Invalid continuations (not a prefix of any item's code) are masked with the
+same there); its self-attention cache is then repeated for the beams, while the cross-attention
+keys/values stay one copy per user that all its beams read (``etegrl.attention``). Later steps
+feed one token per beam with the KV cache; reordering beams only permutes beams of the same
+user, so only the self-attention cache is reordered. Invalid continuations (not a prefix of any item's code) are masked with the
 vectorised trie of ``CodeTable``.
 
 Scores are sums of per-position log-probabilities: ``logprob="full"`` normalises each step over
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from .codes import CodeTable
-from .model import ETEGRecModel, history_tokens
+from .model import ETEGRecModel, history_tokens, shared_mask
 
 
 def _step_logprobs(logits: torch.Tensor, allowed: torch.Tensor, mode: str) -> torch.Tensor:
@@ -55,13 +55,14 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
         scores = torch.cat([scores, scores.new_full((n, pad), float("-inf"))], 1)
         first = torch.cat([first, first.new_zeros(n, pad)], 1)
     seqs = first.unsqueeze(-1)                                # [n, k, 1]
-    cache.batch_repeat_interleave(k)
-    encoded_b = encoded.repeat_interleave(k, 0)
-    mask_b = mask.repeat_interleave(k, 0)
+    # beams of a user share its cross-attention keys/values: only the self-attention cache
+    # is per beam (etegrl.attention reads the shared ones)
+    cache.self_attention_cache.batch_repeat_interleave(k)
+    mask_b = shared_mask(mask)
     offsets = (torch.arange(n, device=device) * k).unsqueeze(1)
     for t in range(1, code_len):
         step_in = model.code_embeddings[t - 1](seqs[:, :, -1].reshape(-1)).unsqueeze(1)
-        out = model.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded_b,
+        out = model.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded,
                                encoder_attention_mask=mask_b, cache=cache, use_cache=True)
         logits = model.code_logits(out.last_hidden_state, start=t)[:, 0]
         logp = _step_logprobs(logits, table.allowed(seqs.reshape(n * k, t)), logprob)
@@ -106,9 +107,9 @@ def sample_items(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor,
     was_training = model.training
     model.eval()
     tokens, mask = history_tokens(histories, table.codes)
-    encoded = model.encode(tokens, mask).repeat_interleave(n, 0)
-    mask = mask.repeat_interleave(n, 0)
-    codes = tokens.new_zeros(encoded.shape[0], 0)
+    encoded = model.encode(tokens, mask)  # one copy per history, shared by its n samples
+    mask = shared_mask(mask)
+    codes = tokens.new_zeros(encoded.shape[0] * n, 0)
     for t in range(table.code_len):  # 4 short steps: re-running the prefix costs little
         hidden, _ = model.decode(encoded, mask, codes)
         logits = model.code_logits(hidden[:, -1:], start=t)[:, 0] / temperature

@@ -19,6 +19,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5Stack
 
 from etegrl import fast_dropout
+from etegrl.attention import ATTENTION
 
 
 class ETEGRecConfig(PretrainedConfig):
@@ -43,7 +44,7 @@ class ETEGRecConfig(PretrainedConfig):
                         num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                         feed_forward_proj=self.feed_forward_proj, pad_token_id=0,
                         eos_token_id=0, decoder_start_token_id=0, use_cache=True,
-                        attn_implementation=fast_dropout.ATTENTION)
+                        attn_implementation=ATTENTION)
 
 
 class ETEGRecModel(PreTrainedModel):
@@ -122,20 +123,21 @@ class ETEGRecModel(PreTrainedModel):
                      codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced code logits of G candidate items per history → ``[B*G, code_len,
         code_num]`` for ``codes`` ``[B, G, code_len]``, with the shared work done once per
-        history: the encoder, the cross-attention keys and values (most of a short decoder's
-        cost) and the first decoder step (BOS, the same for every candidate); only the later
-        steps run per candidate. Differentiable; equal to ``decode`` on repeated inputs."""
+        history: the encoder, the cross-attention keys and values (computed and stored once, read
+        by all candidates) and the first decoder step (BOS, the same for every candidate); only
+        the later steps run per candidate. Differentiable; equal to ``decode`` on repeated inputs."""
         n, g, code_len = codes.shape
         encoded = self.encode(tokens, mask)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         first, cache = self.decode(encoded, mask, codes.new_zeros(n, 0), cache=cache)
-        cache.batch_repeat_interleave(g)
+        # the G candidates of a history share its cross-attention keys and values (read through
+        # etegrl.attention, which needs the encoder mask per history in 4-D)
+        cache.self_attention_cache.batch_repeat_interleave(g)
         flat = codes.reshape(n * g, code_len)
         steps = torch.arange(code_len - 1, device=codes.device)
         rest = self.decoder(inputs_embeds=self._table()[steps.unsqueeze(0), flat[:, :-1]],
-                            encoder_hidden_states=encoded.repeat_interleave(g, 0),
-                            encoder_attention_mask=mask.repeat_interleave(g, 0), cache=cache,
-                            use_cache=True).last_hidden_state
+                            encoder_hidden_states=encoded, encoder_attention_mask=shared_mask(mask),
+                            cache=cache, use_cache=True).last_hidden_state
         hidden = torch.cat([first.repeat_interleave(g, 0), rest], dim=1)
         return self.code_logits(hidden).float()  # fp32 for the losses, also under autocast
 
@@ -149,6 +151,12 @@ class ETEGRecModel(PreTrainedModel):
         pooled = (encoded.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
         return {"logits": self.code_logits(hidden).float(), "pooled": pooled,
                 "bos_state": hidden[:, 0].float()}
+
+
+def shared_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` encoder mask → ``[B, 1, 1, L]`` bool, the form under which several decoder rows
+    per history share its cross-attention keys (``etegrl.attention``)."""
+    return mask[:, None, None, :].bool()
 
 
 def history_tokens(histories: torch.Tensor, item_codes: torch.Tensor):

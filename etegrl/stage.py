@@ -27,6 +27,14 @@ from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's own check; False if unknown)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 @dataclass
 class EvalOptions:
     """Validation and selection options shared by the training stages' configs."""
@@ -94,6 +102,9 @@ class Stage:
             self.log = lambda *args, **kwargs: None
         self.data = load_processed(self.cfg.data_dir)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
+        if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not _native_bf16():
+            self.log("warning: bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "
+                     "its matmuls are emulated and slower than fp32; set bf16=false")
 
     def load_start(self, path) -> None:
         """Start from a checkpoint (strictly loaded) whose codes cover this dataset's items."""

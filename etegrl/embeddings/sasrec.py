@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data import Processed, length_bucketed_batches, pad_histories
 from ..metrics import DEFAULT_KS, coverage, ranking_metrics, ranks_from_scores
+from ..fast_dropout import use_fast_dropout
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SASRec(nn.Module):
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.max_len = max_len
+        use_fast_dropout(self)  # the cheap CPU dropout masks (etegrl.fast_dropout)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():

@@ -1,9 +1,10 @@
 """The CPU dropout: its distribution, its gradient, and the attention path it takes."""
 
+import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from etegrl import fast_dropout
+from etegrl import attention, fast_dropout
 from etegrl.model import ETEGRecConfig, ETEGRecModel
 
 
@@ -48,7 +49,7 @@ def test_manual_attention_path_equals_sdpa():
 
     for mask, causal in ((padding, False), (None, True)):
         Module.is_causal = causal
-        ours, _ = fast_dropout.attention(Module, q, k, v, mask, dropout=1e-9, scaling=1.0,
+        ours, _ = attention.attention(Module, q, k, v, mask, dropout=1e-9, scaling=1.0,
                                          position_bias=bias)
         ref, _ = sdpa_attention_forward(Module, q, k, v, mask, dropout=0.0, scaling=1.0,
                                         position_bias=bias)
@@ -60,7 +61,7 @@ def test_model_uses_it_and_matches_eager_t5_in_eval():
     cfg = ETEGRecConfig(d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
                         d_kv=16, semantic_dim=8, e_dim=8, code_num=16)
     model = ETEGRecModel(cfg)
-    assert model.encoder.config._attn_implementation == fast_dropout.ATTENTION
+    assert model.encoder.config._attn_implementation == attention.ATTENTION
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops and all(type(m) is fast_dropout.Dropout for m in drops)
     tokens = torch.randint(0, 16, (5, 12))
@@ -74,10 +75,35 @@ def test_model_uses_it_and_matches_eager_t5_in_eval():
     torch.testing.assert_close(ours, model(tokens, mask, codes)["logits"], rtol=1e-5, atol=1e-5)
     # in training the same seed draws the same masks
     for stack in (model.encoder, model.decoder):
-        stack.config._attn_implementation = fast_dropout.ATTENTION
+        stack.config._attn_implementation = attention.ATTENTION
     model.train()
     torch.manual_seed(4)
     a = model(tokens, mask, codes)["logits"]
     torch.manual_seed(4)
     torch.testing.assert_close(a, model(tokens, mask, codes)["logits"])
     assert not torch.allclose(a, ours)
+
+
+def test_shared_keys_equal_repeated_keys():
+    """R query rows per key row (beams or group members reading one history's encoder keys)
+    give what attention over R copies of the keys gives, with a padding mask per key row."""
+    torch.manual_seed(5)
+    b, r, h, q_len, k_len, d = 3, 5, 2, 2, 9, 8
+    query = torch.randn(b * r, h, q_len, d)
+    key, value = torch.randn(b, h, k_len, d), torch.randn(b, h, k_len, d)
+    keep = torch.ones(b, k_len, dtype=torch.bool)
+    keep[1, :4] = False
+    bias = torch.zeros(1, h, q_len, k_len)
+
+    class CrossAttention:
+        is_causal = False
+
+    shared, _ = attention.attention(CrossAttention, query, key, value, keep[:, None, None, :],
+                                    scaling=1.0, position_bias=bias)
+    repeated, _ = attention.attention(
+        CrossAttention, query, key.repeat_interleave(r, 0), value.repeat_interleave(r, 0),
+        keep.repeat_interleave(r, 0)[:, None, None, :], scaling=1.0, position_bias=bias)
+    assert shared.shape == (b * r, q_len, h, d)
+    torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot share"):
+        attention.attention(CrossAttention, query[:-1], key, value, None, position_bias=bias)
