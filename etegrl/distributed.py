@@ -15,10 +15,24 @@ The explicit all-reduce below is what DDP does, in one flat bucket and without o
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast, gather_object, reduce
+
+
+def set_threads(threads: int = 0) -> int:
+    """torch's CPU threads for this process: ``threads``, or with 0 this machine's usable cores
+    divided among the processes launched on it. ``accelerate launch`` exports OMP_NUM_THREADS=1
+    unless told otherwise, which alone would run a one-process CPU job on one core."""
+    if threads <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, (cores or 1) // max(1, local))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def process_state() -> PartialState:

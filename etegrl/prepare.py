@@ -24,6 +24,7 @@ from transformers import set_seed
 
 from .config import ConfigError, parse_args
 from .data import DataError, build_splits, load_processed, read_source, save_processed
+from .distributed import set_threads
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
                          tag_features)
 from .embeddings.sasrec import SASRecConfig, train_sasrec
@@ -64,6 +65,7 @@ class EmbeddingConfig:
 class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
     seed: int = field(default=42, metadata={"help": "Random seed."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds another or a finished run."})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = the machine's cores divided among the processes on it)."})
 
     def __post_init__(self):
         unknown = [p for p in self.semantic_parts if p not in PARTS]
@@ -81,6 +83,7 @@ def run(cfg: PrepareConfig, log=print) -> dict:
         log(f"{out}: already prepared with this config; nothing to do (overwrite=true redoes it)")
         return json.loads((out / "summary.json").read_text())
     set_seed(cfg.seed)
+    set_threads(cfg.threads)
     from accelerate import PartialState
 
     device = PartialState().device

@@ -12,6 +12,8 @@ import yaml
 from .config import ConfigError, config_values, save_config
 
 DONE = "DONE"
+# options that change how a run goes, not what it computes: not part of a run's identity
+NEUTRAL_KEYS = ("overwrite", "progress", "threads", "save_state_every")
 
 
 def claim_output(cfg, out: str | Path, what: str) -> bool:
@@ -23,10 +25,11 @@ def claim_output(cfg, out: str | Path, what: str) -> bool:
     out = Path(out)
     saved = out / f"{what}_config.yaml"
     current = config_values(cfg)
-    current.pop("overwrite", None)
     if saved.is_file() and not cfg.overwrite:
         previous = yaml.safe_load(saved.read_text()) or {}
-        previous.pop("overwrite", None)
+        for key in NEUTRAL_KEYS:
+            current.pop(key, None)
+            previous.pop(key, None)
         if previous != current:
             changed = sorted(k for k in current.keys() | previous.keys()
                              if current.get(k) != previous.get(k))

@@ -21,7 +21,7 @@ from transformers import set_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
 from .data import load_processed
-from .distributed import Processes
+from .distributed import Processes, set_threads
 from .evaluation import PROTOCOL, evaluate_generative
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping
@@ -46,6 +46,7 @@ class EvalOptions:
     valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
     logprob: Literal["full", "trie"] = option("full", "Beam scores (and GRPO log-probabilities): log-softmax over all codes (full) or renormalised over the trie's valid codes (trie).")
     progress: bool = option(True, "Show progress bars.")
+    threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
     save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
 
 
@@ -96,6 +97,7 @@ class Stage:
     def begin(self) -> None:
         """Seeds, device, processed data: the first lines of every ``setup``."""
         set_seed(self.cfg.seed)  # python, numpy and torch (and CUDA) generators
+        set_threads(self.cfg.threads)
         self.procs = Processes()
         self.device = self.procs.device
         if not self.procs.is_main:

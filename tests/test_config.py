@@ -70,3 +70,23 @@ def test_help_lists_fields(capsys):
         parse_args(Cfg, ["--help"])
     out = capsys.readouterr().out
     assert "lr (float, default 0.001)" in out and "learning rate" in out
+
+
+def test_threads_default_to_the_cores_shared_among_local_processes(monkeypatch):
+    import os
+
+    import torch
+
+    from etegrl.distributed import set_threads
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch exports by default
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        assert set_threads(0) == cores == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))
+        assert set_threads(0) == 1 == torch.get_num_threads()
+        assert set_threads(3) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

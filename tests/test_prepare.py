@@ -43,8 +43,9 @@ def test_prepare_end_to_end(toy):
     assert semantic.shape == (13, 16 + 4)  # sasrec 16-d + 4 tags (Comedy, Drama, New, Old)
     assert summary["semantic"]["parts"] == {"sasrec": 16, "tags": 4}
     assert set(summary["sasrec"]["test"]) >= {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10"}
-    # Same config again: reused, not redone.
-    again = run(toy_config(toy), log=lambda *_: None)
+    # Same config again: reused, not redone; options that do not change the result (threads,
+    # progress bars) do not make it another run
+    again = run(toy_config(toy, threads=1), log=lambda *_: None)
     assert again == json.loads((out / "summary.json").read_text())
 
 
