@@ -26,7 +26,7 @@ from rl.loop import RLStage
 class NaiveRLStage(RLStage):
     """The same step, but the encoder runs on every group member's copy of the history."""
 
-    def logits_for(self, model, tokens, mask, codes):
+    def logits_for(self, model, tokens, mask, codes, encoded=None):
         g = codes.shape[1]
         tokens_g, mask_g = tokens.repeat_interleave(g, 0), mask.repeat_interleave(g, 0)
         encoded = model.encode(tokens_g, mask_g)

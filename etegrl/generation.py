@@ -33,16 +33,20 @@ def _step_logprobs(logits: torch.Tensor, allowed: torch.Tensor, mode: str) -> to
 
 @torch.no_grad()
 def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, *,
-                beam: int = 20, logprob: str = "full") -> dict[str, torch.Tensor]:
+                beam: int = 20, logprob: str = "full",
+                encoded: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Top-``beam`` items for each history ``[B, L]`` → items ``[B, beam]`` (0 = no item, when
-    fewer valid items exist), their codes ``[B, beam, code_len]`` and scores ``[B, beam]``."""
+    fewer valid items exist), their codes ``[B, beam, code_len]`` and scores ``[B, beam]``.
+    ``encoded``: the model's encoder output for these histories, when the caller has it (GRPO
+    computes it once for the groups and the update); the model must then be in eval mode."""
     if logprob not in ("full", "trie"):
         raise ValueError("logprob must be 'full' or 'trie'")
     was_training = model.training
     model.eval()
     device = histories.device
     tokens, mask = history_tokens(histories, table.codes)
-    encoded = model.encode(tokens, mask)
+    if encoded is None:
+        encoded = model.encode(tokens, mask)
     n, code_len = histories.shape[0], table.code_len
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     hidden, cache = model.decode(encoded, mask, tokens.new_zeros(n, 0), cache=cache)
@@ -101,13 +105,16 @@ def score_items(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor,
 
 @torch.no_grad()
 def sample_items(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, *, n: int,
-                 temperature: float = 1.0, generator: torch.Generator | None = None):
+                 temperature: float = 1.0, generator: torch.Generator | None = None,
+                 encoded: torch.Tensor | None = None):
     """``n`` items per history by ancestral sampling over valid codes → items ``[B, n]`` and
-    codes ``[B, n, code_len]`` (items may repeat; the caller keeps the distinct ones)."""
+    codes ``[B, n, code_len]`` (items may repeat; the caller keeps the distinct ones);
+    ``encoded`` as for ``beam_search``."""
     was_training = model.training
     model.eval()
     tokens, mask = history_tokens(histories, table.codes)
-    encoded = model.encode(tokens, mask)  # one copy per history, shared by its n samples
+    if encoded is None:  # one copy per history, shared by its n samples
+        encoded = model.encode(tokens, mask)
     mask = shared_mask(mask)
     codes = tokens.new_zeros(encoded.shape[0] * n, 0)
     for t in range(table.code_len):  # 4 short steps: re-running the prefix costs little

@@ -119,15 +119,17 @@ class ETEGRecModel(PreTrainedModel):
                               cache=cache, use_cache=cache is not None)
         return out.last_hidden_state, cache
 
-    def group_logits(self, tokens: torch.Tensor, mask: torch.Tensor,
-                     codes: torch.Tensor) -> torch.Tensor:
+    def group_logits(self, tokens: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor,
+                     encoded: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced code logits of G candidate items per history → ``[B*G, code_len,
         code_num]`` for ``codes`` ``[B, G, code_len]``, with the shared work done once per
         history: the encoder, the cross-attention keys and values (computed and stored once, read
         by all candidates) and the first decoder step (BOS, the same for every candidate); only
-        the later steps run per candidate. Differentiable; equal to ``decode`` on repeated inputs."""
+        the later steps run per candidate. Differentiable; equal to ``decode`` on repeated inputs.
+        ``encoded``: this model's encoder output for ``tokens``, when the caller already has it."""
         n, g, code_len = codes.shape
-        encoded = self.encode(tokens, mask)
+        if encoded is None:
+            encoded = self.encode(tokens, mask)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         first, cache = self.decode(encoded, mask, codes.new_zeros(n, 0), cache=cache)
         # the G candidates of a history share its cross-attention keys and values (read through

@@ -69,13 +69,15 @@ class RLStage(Stage):
                                    num_training_steps=max(1, total))
 
     # ------------------------------------------------------------------ groups and rewards
-    def make_groups(self, hist: torch.Tensor, targets: torch.Tensor):
+    def make_groups(self, hist: torch.Tensor, targets: torch.Tensor, encoded=None):
         cfg, g = self.cfg, self.cfg.num_generations
-        beams = beam_search(self.model, self.table, hist, beam=g, logprob=cfg.logprob)
+        beams = beam_search(self.model, self.table, hist, beam=g, logprob=cfg.logprob,
+                            encoded=encoded)
         items = beams["items"]
         if cfg.group_source == "sampling":
             drawn = sample_items(self.model, self.table, hist, n=4 * g,
-                                 temperature=cfg.temperature, generator=self.generator)["items"]
+                                 temperature=cfg.temperature, generator=self.generator,
+                                 encoded=encoded)["items"]
             rows = []
             for sampled, beam in zip(drawn.tolist(), items.tolist()):
                 distinct = list(dict.fromkeys(i for i in sampled if i > 0))[:g]
@@ -110,11 +112,12 @@ class RLStage(Stage):
         return r, stats
 
     # ------------------------------------------------------------------ log-probabilities
-    def logits_for(self, model, tokens, mask, codes):
-        """Code logits of every group member; per user once: the encoder, the decoder's
-        cross-attention keys/values and its first step (``ETEGRecModel.group_logits``)."""
+    def logits_for(self, model, tokens, mask, codes, encoded=None):
+        """Code logits of every group member; per user once: the encoder (or ``encoded``, its
+        output), the decoder's cross-attention keys/values and its first step
+        (``ETEGRecModel.group_logits``)."""
         with self.autocast():
-            logits = model.group_logits(tokens, mask, codes)
+            logits = model.group_logits(tokens, mask, codes, encoded=encoded)
         return logits, codes.reshape(-1, codes.shape[-1])
 
     def step_on(self, hist, targets) -> dict:
@@ -132,11 +135,15 @@ class RLStage(Stage):
                 self.sched.step()
                 self.step += 1
             return {}
-        items, codes = self.make_groups(hist, targets)
+        tokens, mask = history_tokens(hist, self.table.codes)
+        # the policy's encoder runs once (with its graph) for the groups and the first update;
+        # under bf16 the groups keep an fp32 encoder pass of their own
+        encoded = None if cfg.bf16 else self.model.encode(tokens, mask)
+        shared = None if encoded is None else encoded.detach()
+        items, codes = self.make_groups(hist, targets, shared)
         r, stats = self.group_rewards(hist, targets, items, codes)
         adv, zero_std = group_advantages(r, cfg.scale_rewards)
         valid = (items > 0).reshape(-1)
-        tokens, mask = history_tokens(hist, self.table.codes)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
         if cfg.logprob == "trie":
@@ -149,10 +156,11 @@ class RLStage(Stage):
                 ref_logps = code_logprobs(ref_logits, flat, allowed)
             old_logps = None
             if cfg.num_iterations > 1:
-                old_logits, _ = self.logits_for(self.model, tokens, mask, codes)
+                old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
                 old_logps = code_logprobs(old_logits, flat, allowed)
-        for _ in range(cfg.num_iterations):
-            logits, _ = self.logits_for(self.model, tokens, mask, codes)
+        for iteration in range(cfg.num_iterations):  # later iterations see updated weights
+            logits, _ = self.logits_for(self.model, tokens, mask, codes,
+                                        encoded if iteration == 0 else None)
             logps = code_logprobs(logits, flat, allowed)
             old = logps.detach() if old_logps is None else old_logps
             kl = None

@@ -77,6 +77,14 @@ def test_logprobs_and_exact_kl():
     assert exact_kl(logits, q_logits, allowed).item() >= 0
 
 
+def test_logprobs_equal_trls_selective_log_softmax():
+    from trl.trainer.utils import selective_log_softmax
+
+    torch.manual_seed(0)
+    logits, codes = torch.randn(64, 4, 256) * 3, torch.randint(0, 256, (64, 4))
+    torch.testing.assert_close(code_logprobs(logits, codes), selective_log_softmax(logits, codes))
+
+
 def test_unsupported_loss_type():
     with pytest.raises(ValueError, match="loss_type 'sapo' is not supported"):
         grpo_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1), loss_type="sapo")
