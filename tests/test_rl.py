@@ -29,7 +29,8 @@ def config(tiny_data, finetuned, out, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(kl_estimator="exact", logprob="trie", num_iterations=2),
-                                dict(group_source="sampling", inject_target=False)])
+                                dict(group_source="sampling", inject_target=False),
+                                dict(bf16=True)])
 def test_policy_changes_reference_does_not(tiny_data, finetuned, tmp_path, kw):
     stage = RLStage(config(tiny_data, finetuned, tmp_path / "rl", **kw), log=lambda *_: None)
     stage.setup()
