@@ -9,7 +9,7 @@ Runs in its own environment, since RecBole's dependencies are not the project's:
     pip install torch==2.13.0 && pip install recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14" \
         ray==2.6.3 thop tensorboard
     python bench/recbole_sasrec.py [--epochs 200] [--hidden 256] [--layers 2] [--heads 2] \
-        [--dropout 0.3] [--stopping-step 10] [--workdir /tmp/recbole-run]
+        [--dropout 0.3] [--batch-size 128] [--stopping-step 10] [--workdir /tmp/recbole-run]
 
 RecBole trains on every prefix of every training sequence (97k rows a epoch on ML-100K, where
 our SASRec takes 2.4k sliding windows with a loss at every position), so one epoch costs about
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-size", type=int, default=128, help="Training sequences per step.")
     parser.add_argument("--stopping-step", type=int, default=10,
                         help="Stop after this many evaluations without a better valid NDCG@10.")
     parser.add_argument("--workdir", default="/tmp/recbole-run",
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
     from recbole.trainer import Trainer
-    from recbole.utils import init_seed
+    from recbole.utils import init_logger, init_seed
 
     class UnmaskedTrainer(Trainer):
         """Full ranking that leaves the user's history items rankable (our protocol)."""
@@ -71,13 +72,14 @@ def main(argv=None) -> int:
         "MAX_ITEM_LIST_LENGTH": 50, "train_neg_sample_args": None, "loss_type": "CE",
         "hidden_size": args.hidden, "inner_size": 4 * args.hidden, "n_layers": args.layers,
         "n_heads": args.heads, "hidden_dropout_prob": args.dropout,
-        "attn_dropout_prob": args.dropout, "learning_rate": 1e-3, "train_batch_size": 128,
+        "attn_dropout_prob": args.dropout, "learning_rate": 1e-3, "train_batch_size": args.batch_size,
         "epochs": args.epochs, "stopping_step": args.stopping_step, "eval_step": 1,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full",
                       "group_by": "user"},
         "metrics": ["Recall", "NDCG"], "topk": [1, 5, 10], "valid_metric": "NDCG@10",
         "device": "cpu", "use_gpu": False, "seed": args.seed, "reproducibility": True,
         "show_progress": False, "checkpoint_dir": os.path.join(args.workdir, "saved")})
+    init_logger(config)  # RecBole's per-epoch lines (to the console and workdir/log/)
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
