@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import common  # noqa: F401  (puts the project on the import path)
 
-from etegrl.evaluation import PROTOCOL
-from etegrl.report import rows
+from etegrl.report import protocol_note, rows
 
 COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10"]
 
@@ -37,8 +36,7 @@ def aggregate(roots: list[Path]) -> str:
             cells.append(f"{values.mean():.0f} ± {std:.0f}" if col == "seconds"
                          else f"{values.mean():.4f} ± {std:.4f}")
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
-    return ("\n".join(lines) + "\n\nTest split, mean ± sample std over runs; "
-            + PROTOCOL.format(beam=20, code_len=4) + "; SASRec ranks all items by its scores.\n")
+    return ("\n".join(lines) + "\n\nMean ± sample std over runs. " + protocol_note(roots) + "\n")
 
 
 def main(argv=None) -> int:

@@ -86,19 +86,26 @@ class ETEGRecModel(PreTrainedModel):
     def _table(self) -> torch.Tensor:
         return torch.stack([e.weight for e in self.code_embeddings])  # [code_len, code_num, d]
 
+    def lookup(self, positions: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ``codes`` through the tables of their code ``positions`` (broadcast).
+        One ``F.embedding`` over the stacked tables: indexing them instead (``table[pos,
+        codes]``) has a backward that accumulates with atomics on a multi-threaded CPU, so two
+        runs of one seed gave different weights."""
+        flat = self._table().reshape(-1, self.config.d_model)
+        return nn.functional.embedding(positions * self.config.code_num + codes, flat)
+
     def embed_history(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, L*code_len]`` codes → embeddings, token j of each item through table j."""
         position = torch.arange(tokens.shape[1], device=tokens.device) % self.config.code_len
-        return self._table()[position.unsqueeze(0), tokens]
+        return self.lookup(position.unsqueeze(0), tokens)
 
     def decoder_inputs(self, codes: torch.Tensor) -> torch.Tensor:
         """BOS followed by codes[:, :-1] through their tables → ``[B, T, d]`` (T = codes + 1 ≤ code_len)."""
         bos = self.bos.expand(codes.shape[0], 1, -1)
         if codes.shape[1] == 0:
             return bos
-        table = self._table()
         steps = torch.arange(codes.shape[1], device=codes.device)
-        return torch.cat([bos, table[steps.unsqueeze(0), codes]], dim=1)
+        return torch.cat([bos, self.lookup(steps.unsqueeze(0), codes)], dim=1)
 
     def code_logits(self, hidden: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Decoder states ``[B, T, d]`` for code positions start..start+T-1 → ``[B, T, code_num]``."""
@@ -137,7 +144,7 @@ class ETEGRecModel(PreTrainedModel):
         cache.self_attention_cache.batch_repeat_interleave(g)
         flat = codes.reshape(n * g, code_len)
         steps = torch.arange(code_len - 1, device=codes.device)
-        rest = self.decoder(inputs_embeds=self._table()[steps.unsqueeze(0), flat[:, :-1]],
+        rest = self.decoder(inputs_embeds=self.lookup(steps.unsqueeze(0), flat[:, :-1]),
                             encoder_hidden_states=encoded, encoder_attention_mask=shared_mask(mask),
                             cache=cache, use_cache=True).last_hidden_state
         hidden = torch.cat([first.repeat_interleave(g, 0), rest], dim=1)

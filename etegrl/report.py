@@ -14,13 +14,31 @@ from pathlib import Path
 COLUMNS = ["recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10"]
 
 
+STAGES = ("pretrain-tiger", "pretrain", "finetune", "rl")
+
+
+def protocol_note(roots) -> str:
+    """The evaluation settings, as the runs under ``roots`` recorded them in results.json."""
+    stated = []
+    for root in roots:
+        for stage in STAGES:
+            path = Path(root) / stage / "results.json"
+            if path.is_file():
+                text = json.loads(path.read_text()).get("protocol")
+                if text and text not in stated:
+                    stated.append(text)
+    generative = "; ".join(stated) or "none found"
+    return ("Test split. SASRec: leave-one-out, full ranking over all items by its scores. "
+            f"Generative models: {generative}.")
+
+
 def rows(root: Path):
     summary = root / "data" / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
         if "sasrec" in s:
             yield "SASRec (full-softmax CE)", s["sasrec"]["test"], s["sasrec"]["train_seconds"]
-    for stage in ("pretrain-tiger", "pretrain", "finetune", "rl"):
+    for stage in STAGES:
         path = root / stage / "results.json"
         if path.is_file():
             r = json.loads(path.read_text())
@@ -36,9 +54,7 @@ def table(root: str | Path) -> str:
     for name, test, seconds in rows(root):
         lines.append(f"| {name} | " + " | ".join(f"{test[c]:.4f}" for c in COLUMNS)
                      + f" | {seconds:.0f} s |")
-    protocol = ("Test split; leave-one-out, full ranking over all items; generative models rank "
-                "by trie-constrained beam search (beam 20) and a hit needs all 4 codes.")
-    return "\n".join(lines) + "\n\n" + protocol + "\n"
+    return "\n".join(lines) + "\n\n" + protocol_note([root]) + "\n"
 
 
 def read_log(path: Path) -> list[dict]:

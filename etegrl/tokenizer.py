@@ -79,7 +79,9 @@ class ResidualQuantizer(nn.Module):
                 code, q = onehot.argmax(1), onehot @ book
             else:
                 code = d.argmin(1)
-                q = book[code]
+                # not book[code]: that backward accumulates with atomics on a multi-threaded
+                # CPU (runs of one seed drifted apart); embedding's backward is deterministic
+                q = F.embedding(code, book)
             losses.append(F.mse_loss(q, residual.detach()) + self.beta * F.mse_loss(q.detach(), residual))
             q_st = residual + (q - residual).detach()  # straight-through estimator
             total = total + q_st

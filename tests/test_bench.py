@@ -18,11 +18,12 @@ def test_aggregate_mean_and_std(tmp_path):
     for seed, ndcg in (("a", 0.02), ("b", 0.04)):
         write(tmp_path / seed / "finetune" / "results.json", json.dumps({
             "test": {"recall@5": 0.1, "recall@10": 0.2, "ndcg@5": 0.01, "ndcg@10": ndcg,
-                     "coverage@10": 0.3}, "train_seconds": 10.0}))
+                     "coverage@10": 0.3}, "train_seconds": 10.0,
+            "protocol": "full ranking by beam search (beam 7), a hit needs all 4 codes"}))
     table = aggregate([tmp_path / "a", tmp_path / "b"])
     row = next(line for line in table.splitlines() if line.startswith("| ETEGRec finetune |"))
     assert "| 2 |" in row and "0.0300 ± 0.0141" in row and "10 ± 0" in row
-    assert "beam 20" in table
+    assert "(beam 7)" in table  # the settings the runs recorded, not assumed ones
 
 
 def test_generate_copy_gives_our_lists(trained_run, tiny_data):

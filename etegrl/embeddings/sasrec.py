@@ -34,6 +34,7 @@ class SASRecConfig:
     sasrec_epochs: int = field(default=200, metadata={"help": "Maximum epochs (0 = do not train SASRec)."})
     sasrec_patience: int = field(default=10, metadata={"help": "Stop after this many evaluations without a better validation NDCG@10."})
     sasrec_eval_batch_size: int = field(default=512, metadata={"help": "Users per evaluation batch."})
+    sasrec_bf16: bool = field(default=False, metadata={"help": "Training forward passes under bf16 autocast (weights, optimiser, loss and evaluation stay fp32); pays on GPUs and CPUs with native bf16."})
 
 
 class SASRec(nn.Module):
@@ -135,7 +136,9 @@ def train_sasrec(data: Processed, cfg: SASRecConfig, *, max_len: int, seed: int 
         for rows in length_bucketed_batches(lengths, cfg.sasrec_batch_size, rng):
             batch = pad_histories([train_seqs[j] for j in rows]).to(device)
             inputs, labels = batch[:, :-1], batch[:, 1:]
-            logits = model.item_scores(model(inputs))
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=cfg.sasrec_bf16):
+                logits = model.item_scores(model(inputs)).float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                    (labels - 1).reshape(-1), ignore_index=-1)
             opt.zero_grad(set_to_none=True)
