@@ -3,7 +3,7 @@
 # one dataset, each seed a whole run_grpo.sh chain in runs/<dataset>-seed<S>, then a table of
 # mean ± std in runs/<dataset>-quality.md and each run's curves (<stage>/curves.png).
 #   bash bench/quality.sh [DATASET] [SEEDS...]        e.g. bash bench/quality.sh ml-100k 42 1 2
-# On 2 CPU cores one ML-100K seed takes about an hour; use a GPU machine for Beauty.
+# On 2 CPU cores one ML-100K seed takes about 25 minutes; use a GPU machine for Beauty.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
