@@ -25,10 +25,12 @@ def test_training_windows_cover_every_target_once():
     assert all(len(w) <= 6 for w in windows)
 
 
-def test_sasrec_learns_a_predictable_sequence():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_sasrec_learns_a_predictable_sequence(bf16):
     data = cyclic_data()
     cfg = SASRecConfig(sasrec_hidden=32, sasrec_layers=1, sasrec_heads=1, sasrec_dropout=0.0,
-                       sasrec_lr=5e-3, sasrec_batch_size=16, sasrec_epochs=40, sasrec_patience=40)
+                       sasrec_lr=5e-3, sasrec_batch_size=16, sasrec_epochs=40, sasrec_patience=40,
+                       sasrec_bf16=bf16)
     model, report = train_sasrec(data, cfg, max_len=5, seed=0, log=lambda *_: None)
     assert report["history"][-1]["loss"] < report["history"][0]["loss"]
     assert report["test"]["recall@1"] > 0.9, report["test"]
