@@ -5,8 +5,8 @@ The encoder runs once per user. Decoding step 0 also runs once per user (all bea
 same there); its self-attention cache is then repeated for the beams, while the cross-attention
 keys/values stay one copy per user that all its beams read (``etegrl.attention``). Later steps
 feed one token per beam with the KV cache; reordering beams only permutes beams of the same
-user, so only the self-attention cache is reordered. Invalid continuations (not a prefix of any item's code) are masked with the
-vectorised trie of ``CodeTable``.
+user, so only the self-attention cache is reordered. Invalid continuations (not a prefix of any
+item's code) are masked with the vectorised trie of ``CodeTable``.
 
 Scores are sums of per-position log-probabilities: ``logprob="full"`` normalises each step over
 all ``code_num`` codes (the model's own distribution); ``"trie"`` renormalises over the valid

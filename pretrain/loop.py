@@ -122,9 +122,8 @@ class PretrainStage(Stage):
         target_codes = self.table.codes[targets]
         losses = {}
         if kind == "tokenizer":  # recommender frozen: its outputs need no graph
-            with torch.no_grad():
-                with self.autocast():
-                    out = self.model(tokens, mask, target_codes)
+            with torch.no_grad(), self.autocast():
+                out = self.model(tokens, mask, target_codes)
             # each item of the global batch once in the VQ loss, split over the processes and
             # scaled so that summing share × loss over them gives the global batch's mean
             uniq = torch.unique(self.batch_targets)
