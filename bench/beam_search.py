@@ -11,6 +11,10 @@ output row are our position-t table's row c). The copy's logits outside the curr
 C codes are -inf, so generate's log-softmax is our per-position log-softmax (``logprob=full``),
 and ``prefix_allowed_tokens_fn`` walks the same trie. Both therefore rank by the same scores;
 the script prints the share of users whose top-10 lists are identical and the speed ratio.
+
+It also counts our search's FLOPs (``FlopCounterMode``: matmuls and attention) and measures the
+machine's fp32 matmul peak in the same run: the search's share of peak, and the speed ratio it
+would reach if it ran at the peak, bound which no implementation of the same arithmetic passes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import time
 
 import numpy as np
 import torch
-from common import parser as bench_parser
+from common import matmul_peak, parser as bench_parser
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
 from etegrl.checkpoint import load_checkpoint
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     ckpt = load_checkpoint(args.checkpoint)
-    model, table = ckpt["model"].eval(), ckpt["table"]
+    model, table = ckpt["model"].eval().requires_grad_(False), ckpt["table"]
     test = load_processed(args.data_dir).splits["test"]
     rows = np.random.default_rng(0).choice(len(test), min(args.users, len(test)), replace=False)
     hists = [test["history"][int(i)][-args.max_len:] for i in rows]
@@ -107,6 +112,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         theirs = torch.cat([hf_topk(hf, table, b, args.beam) for b in batches])
         t_hf = time.perf_counter() - t0
+        with FlopCounterMode(display=False) as counter:
+            for b in batches:
+                beam_search(model, table, b, beam=args.beam)
+    flops, peak = counter.get_total_flops(), matmul_peak()
     same10 = (ours[:, :10] == theirs[:, :10]).all(1).float().mean().item()
     same_set = np.mean([set(a[:10]) == set(b[:10]) for a, b in zip(ours.tolist(), theirs.tolist())])
     n = len(hists)
@@ -116,6 +125,9 @@ def main(argv=None) -> int:
     print(f"| ours (trie beam search, KV cache, encoder once) | {n / t_ours:.1f} | {t_ours:.2f} |")
     print(f"| transformers generate + prefix_allowed_tokens_fn | {n / t_hf:.1f} | {t_hf:.2f} |")
     print(f"speed ratio (generate time / ours): {t_hf / t_ours:.1f}x")
+    print(f"ours: {flops / 1e9:.1f} GFLOP, {flops / t_ours / 1e9:.1f} GFLOP/s = "
+          f"{flops / t_ours / peak:.0%} of this machine's fp32 matmul peak ({peak / 1e9:.1f} "
+          f"GFLOP/s); at the peak the ratio would be {t_hf / (flops / peak):.1f}x")
     print(f"identical top-10 lists: {same10:.4f} of users; same top-10 sets: {same_set:.4f}")
     return 0
 

@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the project on the import path, a parser with the
-checkpoint and data options, and median timing."""
+checkpoint and data options, median timing and the machine's matmul peak."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,3 +32,15 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
+    """FLOP/s of the best of ``repeats`` ``n×n`` matmuls in ``dtype``: the machine's peak."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best

@@ -18,23 +18,12 @@ import sys
 import time
 
 import torch
-import common  # noqa: F401  (puts the project on the import path)
+from common import matmul_peak
 from torch.utils.flop_counter import FlopCounterMode
 
 from etegrl.config import parse_args
 from pretrain.config import PretrainConfig
 from pretrain.loop import PretrainStage
-
-
-def matmul_peak(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
 
 
 def run_kind(stage: PretrainStage, kind: str, steps: int) -> dict:

@@ -125,6 +125,18 @@ class CodeTable:
         # trie[t]: sorted keys of every valid (t+1)-code prefix
         self.trie = [torch.unique(_prefix_keys(codes.cpu()[:, :t + 1], code_num))
                      for t in range(self.code_len)]
+        # The children of node i of trie[t - 1] are trie[t][child_lo[t][i]:child_hi[t][i]]
+        # (sorted keys, so a parent's children are contiguous); fanout[t] is the most any
+        # node has. allowed() reads these ranges: one search per prefix, not one per code.
+        self.child_lo, self.child_hi = [None], [None]
+        self.fanout = [len(self.trie[0])]
+        for t in range(1, self.code_len):
+            parents = self.trie[t] // code_num
+            self.child_lo.append(torch.searchsorted(parents, self.trie[t - 1]))
+            self.child_hi.append(torch.searchsorted(parents, self.trie[t - 1], right=True))
+            self.fanout.append(int((self.child_hi[t] - self.child_lo[t]).max()))
+        self.root_allowed = torch.zeros(code_num, dtype=torch.bool)
+        self.root_allowed[self.trie[0]] = True
 
     @property
     def n_items(self) -> int:
@@ -134,16 +146,29 @@ class CodeTable:
         self.codes = self.codes.to(device)
         self.full_keys, self.key_items = self.full_keys.to(device), self.key_items.to(device)
         self.trie = [t.to(device) for t in self.trie]
+        self.child_lo = [None] + [t.to(device) for t in self.child_lo[1:]]
+        self.child_hi = [None] + [t.to(device) for t in self.child_hi[1:]]
+        self.root_allowed = self.root_allowed.to(device)
         return self
 
     def allowed(self, prefix: torch.Tensor) -> torch.Tensor:
         """Boolean ``[B, code_num]``: which next codes extend the ``[B, t]`` prefixes validly."""
-        t = prefix.shape[1]
-        base = _prefix_keys(prefix, self.code_num) * self.code_num
-        cand = base.unsqueeze(1) + torch.arange(self.code_num, device=prefix.device)
+        rows, t = prefix.shape
+        if t == 0:
+            return self.root_allowed.expand(rows, -1).clone()
+        keys, parents = _prefix_keys(prefix, self.code_num), self.trie[t - 1]
+        node = torch.searchsorted(parents, keys).clamp(max=len(parents) - 1)
+        found = parents[node] == keys  # an invalid prefix has no children
+        lo = self.child_lo[t][node]
+        hi = torch.where(found, self.child_hi[t][node], lo)
+        slot = lo.unsqueeze(1) + torch.arange(self.fanout[t], device=prefix.device)
         level = self.trie[t]
-        pos = torch.searchsorted(level, cand).clamp(max=len(level) - 1)
-        return level[pos] == cand
+        code = level[slot.clamp(max=len(level) - 1)] % self.code_num
+        # slots past a node's last child repeat its first child's code (still a valid one)
+        code = torch.where(slot < hi.unsqueeze(1), code, code[:, :1])
+        out = torch.zeros(rows, self.code_num, dtype=torch.bool, device=prefix.device)
+        out.scatter_(1, code, True)
+        return out & (hi > lo).unsqueeze(1)
 
     def items_of(self, codes: torch.Tensor) -> torch.Tensor:
         """Item ids of full codes ``[..., code_len]``; 0 where a code is no item."""

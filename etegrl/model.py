@@ -20,6 +20,7 @@ from transformers.models.t5.modeling_t5 import T5Stack
 
 from etegrl import fast_dropout
 from etegrl.attention import ATTENTION
+from etegrl.norm import use_fused_norm
 
 
 class ETEGRecConfig(PretrainedConfig):
@@ -63,6 +64,7 @@ class ETEGRecModel(PreTrainedModel):
         t5.is_decoder, t5.use_cache = False, False
         self.encoder, self.decoder = T5Stack(t5), T5Stack(dec)
         fast_dropout.use_fast_dropout(self)
+        use_fused_norm(self)
         # The stacks only ever get embeddings (per-position code tables below), so their own
         # token tables are dropped rather than left as untrained parameters.
         self.encoder.embed_tokens = None

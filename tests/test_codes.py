@@ -62,3 +62,19 @@ def test_trie_and_lookup_against_brute_force():
     assert table.items_of(torch.tensor([[7, 7, 7, 7]])).tolist() == [0]
     stats = table.stats()
     assert stats["distinct_prefixes"] == len({tuple(c[:3]) for c in codes.tolist()})
+
+
+def test_trie_on_a_wide_table_with_random_prefixes():
+    """Many children per node and prefixes that are mostly invalid, against brute force."""
+    torch.manual_seed(3)
+    codes = assign_suffixes(torch.randint(0, 16, (400, 3)) // torch.tensor([1, 2, 4]),
+                            code_num=16)
+    table = CodeTable(codes, code_num=16)
+    valid = {tuple(c) for c in codes.tolist()}
+    for t in range(4):
+        prefixes = torch.cat([codes[torch.randint(0, 400, (50,)), :t],
+                              torch.randint(0, 16, (50, t))])
+        allowed = table.allowed(prefixes)
+        for p, row in zip(prefixes.tolist(), allowed.tolist()):
+            expect = [any(v[:t + 1] == tuple(p) + (c,) for v in valid) for c in range(16)]
+            assert row == expect
