@@ -75,7 +75,8 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
         parent, code = flat // logp.shape[1], flat % logp.shape[1]
         seqs = torch.cat([seqs.gather(1, parent.unsqueeze(-1).expand(-1, -1, t)),
                           code.unsqueeze(-1)], dim=-1)
-        cache.self_attention_cache.reorder_cache((offsets + parent).reshape(-1))
+        if t < code_len - 1:  # the last step's cache is not read again
+            cache.self_attention_cache.reorder_cache((offsets + parent).reshape(-1))
     items = table.items_of(seqs)
     items = torch.where(torch.isfinite(scores), items, 0)
     model.train(was_training)

@@ -107,3 +107,30 @@ def test_shared_keys_equal_repeated_keys():
     torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot share"):
         attention.attention(CrossAttention, query[:-1], key, value, None, position_bias=bias)
+
+
+def test_merged_mask_is_reused_only_for_the_same_bias_and_mask():
+    """Layers of one stack pass share T5's bias and mask objects and so one merged mask; a new
+    mask (another batch) or a new bias (another pass) is merged afresh."""
+    torch.manual_seed(6)
+    b, h, n, d = 2, 2, 5, 8
+    q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
+    bias = torch.randn(1, h, n, n)
+    mask_a = torch.ones(b, 1, 1, n, dtype=torch.bool)
+    mask_b = mask_a.clone()
+    mask_b[0, ..., :2] = False
+
+    class Module:
+        is_causal = False
+
+    merged = attention._merged_mask
+    first = merged(bias, mask_a, False, q, k)
+    assert merged(bias, mask_a, False, q, k) is first
+    other = merged(bias, mask_b, False, q, k)
+    assert other is not first and not torch.equal(other, first)
+    for mask in (mask_a, mask_b, mask_a):
+        ours, _ = attention.attention(Module, q, k, v, mask, scaling=1.0, position_bias=bias)
+        ref, _ = sdpa_attention_forward(Module, q, k, v, mask, scaling=1.0, position_bias=bias)
+        torch.testing.assert_close(ours, ref)
+    bias2 = bias + 1.0
+    assert not torch.equal(merged(bias2, mask_a, False, q, k), first)
