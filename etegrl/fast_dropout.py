@@ -27,16 +27,19 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
 
 
 class _MaskedScale(torch.autograd.Function):
+    # masked_fill + in-place scale: a float-by-bool product (x * keep) converts the mask
+    # element by element and took twice as long on a 2-core CPU
     @staticmethod
     def forward(ctx, x, keep, scale):
-        ctx.save_for_backward(keep)
+        dropped = ~keep
+        ctx.save_for_backward(dropped)
         ctx.scale = scale
-        return x * keep * scale
+        return x.masked_fill(dropped, 0.0).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
+        (dropped,) = ctx.saved_tensors
+        return grad.masked_fill(dropped, 0.0).mul_(ctx.scale), None, None
 
 
 def drop(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
