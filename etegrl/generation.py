@@ -18,10 +18,30 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from .codes import CodeTable
 from .model import ETEGRecModel, history_tokens, shared_mask
+
+
+class _KeepFirstLayer(DynamicLayer):
+    """``DynamicLayer`` whose first update keeps the given keys/values: the stock one
+    concatenates them to an empty tensor, a copy of all the encoder's cross-attention keys and
+    values (and of the first step's), about a tenth of a beam search's decoding on CPU."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.is_initialized:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return self.keys, self.values
+
+
+def _decoding_cache() -> EncoderDecoderCache:
+    self_attention, cross_attention = DynamicCache(), DynamicCache()
+    for cache in (self_attention, cross_attention):
+        cache.layer_class_to_replicate = _KeepFirstLayer  # layers are made on first use
+    return EncoderDecoderCache(self_attention, cross_attention)
 
 
 def _step_logprobs(logits: torch.Tensor, allowed: torch.Tensor, mode: str) -> torch.Tensor:
@@ -48,7 +68,7 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
     if encoded is None:
         encoded = model.encode(tokens, mask)
     n, code_len = histories.shape[0], table.code_len
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    cache = _decoding_cache()
     hidden, cache = model.decode(encoded, mask, tokens.new_zeros(n, 0), cache=cache)
     logits = model.code_logits(hidden[:, -1:], start=0)[:, 0]
     logp = _step_logprobs(logits, table.allowed(tokens.new_zeros(n, 0)), logprob)
