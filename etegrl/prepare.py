@@ -24,7 +24,7 @@ from transformers import set_seed
 
 from .config import ConfigError, parse_args
 from .data import DataError, build_splits, load_processed, read_source, save_processed
-from .distributed import set_threads
+from .distributed import keep_freed_memory, set_threads
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
                          tag_features)
 from .embeddings.sasrec import SASRecConfig, train_sasrec
@@ -84,6 +84,7 @@ def run(cfg: PrepareConfig, log=print) -> dict:
         return json.loads((out / "summary.json").read_text())
     set_seed(cfg.seed)
     set_threads(cfg.threads)
+    keep_freed_memory()
     from accelerate import PartialState
 
     device = PartialState().device

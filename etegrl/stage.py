@@ -21,7 +21,7 @@ from transformers import set_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
 from .data import load_processed
-from .distributed import Processes, set_threads
+from .distributed import Processes, keep_freed_memory, set_threads
 from .evaluation import PROTOCOL, evaluate_generative
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping
@@ -98,6 +98,7 @@ class Stage:
         """Seeds, device, processed data: the first lines of every ``setup``."""
         set_seed(self.cfg.seed)  # python, numpy and torch (and CUDA) generators
         set_threads(self.cfg.threads)
+        keep_freed_memory()
         self.procs = Processes()
         self.device = self.procs.device
         if not self.procs.is_main:

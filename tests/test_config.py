@@ -90,3 +90,31 @@ def test_threads_default_to_the_cores_shared_among_local_processes(monkeypatch):
         assert set_threads(3) == 3 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_large_tensors_come_from_the_heap_after_keep_freed_memory(monkeypatch):
+    import ctypes
+
+    import torch
+
+    from etegrl.distributed import keep_freed_memory
+
+    monkeypatch.setenv("ETEGRL_SYSTEM_MALLOC", "1")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("ETEGRL_SYSTEM_MALLOC")
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("not glibc ≥ 2.33: no mallinfo2 to inspect the heap with")
+
+    class Info(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
+
+    mallinfo2.restype = Info
+    assert keep_freed_memory() is True
+    mapped = mallinfo2().hblkhd  # bytes in blocks that malloc mapped on their own
+    x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, over glibc's largest mmap threshold
+    assert mallinfo2().hblkhd < mapped + 2 ** 20
+    del x
