@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the project on the import path, a parser with the
-checkpoint and data options, median timing and the machine's matmul peak."""
+"""What the benchmark scripts share: the project on the import path, the stages' malloc setting,
+a parser with the checkpoint and data options, median timing and the machine's matmul peak."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from etegrl.distributed import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as every stage does, so the benchmarks time what the stages run
 
 
 def parser(doc: str, *, users: int, max_len: int = 20) -> argparse.ArgumentParser:
