@@ -134,7 +134,8 @@ class CodeTable:
             parents = self.trie[t] // code_num
             self.child_lo.append(torch.searchsorted(parents, self.trie[t - 1]))
             self.child_hi.append(torch.searchsorted(parents, self.trie[t - 1], right=True))
-            self.fanout.append(int((self.child_hi[t] - self.child_lo[t]).max()))
+            counts = self.child_hi[t] - self.child_lo[t]
+            self.fanout.append(int(counts.max()) if counts.numel() else 0)
         self.root_allowed = torch.zeros(code_num, dtype=torch.bool)
         self.root_allowed[self.trie[0]] = True
 
@@ -157,6 +158,8 @@ class CodeTable:
         if t == 0:
             return self.root_allowed.expand(rows, -1).clone()
         keys, parents = _prefix_keys(prefix, self.code_num), self.trie[t - 1]
+        if len(parents) == 0:  # an empty table: nothing is valid
+            return torch.zeros(rows, self.code_num, dtype=torch.bool, device=prefix.device)
         node = torch.searchsorted(parents, keys).clamp(max=len(parents) - 1)
         found = parents[node] == keys  # an invalid prefix has no children
         lo = self.child_lo[t][node]
