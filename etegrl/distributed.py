@@ -48,7 +48,7 @@ def keep_freed_memory() -> bool:
     (32 MiB at most: a batch's feed-forward activations) fresh from the kernel and unmaps it on
     free, so every large tensor pays a page fault per 4 KiB page when first written. On a 2-core
     VM that made scaling a [256, 80, 512] tensor 6× slower than the arithmetic, and a
-    recommender training step 9% slower. Memory freed this way returns to the system when the
+    recommender training step 9–16% slower. Memory freed this way returns to the system when the
     process ends, not before."""
     if os.environ.get("ETEGRL_SYSTEM_MALLOC") == "1" or not sys.platform.startswith("linux"):
         return False

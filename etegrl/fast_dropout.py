@@ -5,8 +5,8 @@ Why our own: on CPU, PyTorch draws a dropout mask with ``bernoulli_``, one Merse
 per element; in a 2+2-layer T5 training step that was a quarter of the step (a third under bf16
 autocast). Here one 64-bit random word gives four 16-bit draws, each kept when it is at least
 ``p·65536`` (the drop probability rounded to 1/65536), which is about 3× cheaper per element
-for the same distribution. The mask is a bool tensor saved for the backward pass. Every other
-device keeps PyTorch's own dropout (fast Philox kernels on GPUs).
+for the same distribution. The mask, as a float factor (0 or 1/(1-p)), is saved for the
+backward pass. Every other device keeps PyTorch's own dropout (fast Philox kernels on GPUs).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""T5's RMS layer norm through PyTorch's fused kernel.
+"""T5's RMS layer norm through PyTorch's ``rms_norm``.
 
 Why our own: transformers' ``T5LayerNorm`` spells the norm out (square, mean, add, rsqrt, two
-products), six passes over the activations. ``torch.nn.functional.rms_norm`` computes the same
-thing in one fused kernel when input and weight share a dtype; with 2+2 small layers the norms
-were about a tenth of a beam search on CPU. Results equal ``T5LayerNorm``'s in fp32 (tested);
-other dtype mixes keep T5's own code so their promotion rules do not change.
+products), one pass each over the activations. ``torch.nn.functional.rms_norm`` computes the
+same thing through PyTorch's own kernel when input and weight share a dtype, about 20% faster on
+this project's CPU (0.24 against 0.28–0.31 ms on [10240, 128]). Results equal
+``T5LayerNorm``'s in fp32 (tested); other dtype mixes keep T5's own code so their promotion
+rules do not change.
 """
 
 from __future__ import annotations
