@@ -28,11 +28,15 @@ def sia_loss(item_logits: torch.Tensor, seq_logits: torch.Tensor) -> torch.Tenso
 
 
 def psa_loss(query: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor | None = None,
-             tau: float = 0.07) -> torch.Tensor:
-    """InfoNCE: row i of ``query`` should match row i of ``keys`` among all rows of ``keys``."""
+             tau: float = 0.07, both: bool = True) -> torch.Tensor:
+    """InfoNCE: row i of ``query`` should match row i of ``keys`` among all rows of ``keys``;
+    ``both`` adds the other direction (row i of ``keys`` among all rows of ``query``), the sum
+    the official ETEGRec code uses."""
     sim = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T / tau
     if targets is not None:  # the same item twice in a batch is no negative of itself
         same = targets.unsqueeze(0) == targets.unsqueeze(1)
         same.fill_diagonal_(False)
         sim = sim.masked_fill(same, float("-inf"))
-    return F.cross_entropy(sim, torch.arange(len(sim), device=sim.device))
+    labels = torch.arange(len(sim), device=sim.device)
+    loss = F.cross_entropy(sim, labels)
+    return loss + F.cross_entropy(sim.T, labels) if both else loss

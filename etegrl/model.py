@@ -30,8 +30,11 @@ class ETEGRecConfig(PretrainedConfig):
                  d_ff: int = 512, num_layers: int = 6, num_decoder_layers: int = 6,
                  num_heads: int = 4, d_kv: int = 64, dropout_rate: float = 0.1,
                  e_dim: int = 128, semantic_dim: int = 256, initializer_range: float = 0.02,
-                 feed_forward_proj: str = "relu", **kwargs):
+                 feed_forward_proj: str = "relu", causal_encoder: bool = False, **kwargs):
         super().__init__(**kwargs)
+        # causal_encoder: each history token attends only to tokens of its own and earlier
+        # items, so one encoder pass serves a prediction after every item (forward_sequence)
+        self.causal_encoder = causal_encoder
         self.code_num, self.code_len = code_num, code_len
         self.d_model, self.d_ff, self.num_layers = d_model, d_ff, num_layers
         self.num_decoder_layers, self.num_heads, self.d_kv = num_decoder_layers, num_heads, d_kv
@@ -116,6 +119,8 @@ class ETEGRecModel(PreTrainedModel):
 
     # ---- passes -----------------------------------------------------------------------
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.causal_encoder:
+            mask = item_causal_mask(mask, self.config.code_len)
         return self.encoder(inputs_embeds=self.embed_history(tokens),
                                attention_mask=mask).last_hidden_state
 
@@ -162,6 +167,65 @@ class ETEGRecModel(PreTrainedModel):
         pooled = (encoded.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
         return {"logits": self.code_logits(hidden).float(), "pooled": pooled,
                 "bos_state": hidden[:, 0].float()}
+
+
+    def forward_sequence(self, tokens: torch.Tensor, mask: torch.Tensor,
+                         target_codes: torch.Tensor):
+        """Training pass over whole sequences with a causal encoder: a prediction after every
+        history item in one pass. ``tokens``/``mask`` ``[B, W*code_len]`` (W items, right-padded),
+        ``target_codes [B, W, code_len]``: the codes of the item that follows item w. The
+        decoder's W rows of a sequence are folded into its length (row w = positions
+        w*code_len ... w*code_len + code_len-1) with a block-diagonal causal self-attention mask,
+        and row w reads only the encoder tokens of items 0..w — so row w computes exactly what
+        ``forward`` computes for the history of items 0..w (tested). → the same dict as
+        ``forward`` with a position axis: logits ``[B, W, code_len, code_num]``, pooled and
+        bos_state ``[B, W, ·]``."""
+        if not self.config.causal_encoder:
+            raise ValueError("forward_sequence needs a model with causal_encoder=True")
+        b, w, code_len = target_codes.shape
+        encoded = self.encode(tokens, mask)
+        bos = self.bos.expand(b, w, 1, -1)
+        steps = torch.arange(code_len - 1, device=tokens.device)
+        inputs = torch.cat([bos, self.lookup(steps, target_codes[..., :-1])], dim=2)
+        row = torch.arange(w * code_len, device=tokens.device) // code_len
+        same_row = row[:, None] == row[None, :]
+        causal = (torch.arange(w * code_len, device=tokens.device)[:, None]
+                  >= torch.arange(w * code_len, device=tokens.device)[None, :])
+        self_mask = (same_row & causal)[None, None].expand(b, 1, -1, -1)
+        hidden = self.decoder(inputs_embeds=inputs.reshape(b, w * code_len, -1),
+                              attention_mask=self_mask, encoder_hidden_states=encoded,
+                              encoder_attention_mask=item_causal_mask(mask, code_len),
+                              use_cache=False).last_hidden_state
+        hidden = hidden.reshape(b, w, code_len, -1)
+        table = self._table()
+        logits = torch.einsum("bwtd,tcd->bwtc", hidden, table).float()
+        # pooled state of the prefix ending at item w: running mean of its encoder tokens
+        m = mask.unsqueeze(-1).float()
+        sums = (encoded.float() * m).reshape(b, w, code_len, -1).sum(2).cumsum(1)
+        counts = m.reshape(b, w, code_len).sum(2).cumsum(1).clamp(min=1.0).unsqueeze(-1)
+        return {"logits": logits, "pooled": sums / counts, "bos_state": hidden[:, :, 0].float()}
+
+
+def training_outputs(model: ETEGRecModel, item_codes: torch.Tensor, hist: torch.Tensor,
+                     targets: torch.Tensor):
+    """One training batch through the model, as rows: ``targets [B]`` (one per history, prefix
+    rows) or ``[B, W]`` (one per position of sequence windows, 0 = none) → (``forward``'s dict
+    with one row per scored target, those targets ``[N]``, their codes ``[N, code_len]``)."""
+    tokens, mask = history_tokens(hist, item_codes)
+    target_codes = item_codes[targets]
+    if targets.dim() == 1:
+        return model(tokens, mask, target_codes), targets, target_codes
+    out = model.forward_sequence(tokens, mask, target_codes)
+    keep = targets > 0
+    return {k: v[keep] for k, v in out.items()}, targets[keep], target_codes[keep]
+
+
+def item_causal_mask(mask: torch.Tensor, code_len: int) -> torch.Tensor:
+    """``[B, L]`` token mask (L = items × code_len, right-padded) → ``[B, 1, L, L]`` bool: a
+    query token sees the valid tokens of its own and every earlier item."""
+    item = torch.arange(mask.shape[1], device=mask.device) // code_len
+    causal = item[None, :] <= item[:, None]
+    return causal[None, None] & mask[:, None, None, :].bool()
 
 
 def shared_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from .data import load_processed
 from .distributed import Processes, keep_freed_memory, set_threads
 from .evaluation import PROTOCOL, evaluate_generative
 from .resume import load_state, rng_state, save_state, set_rng_state
-from .training import EarlyStopping
+from .training import EarlyStopping, clip_gradients
 
 
 def _native_bf16() -> bool:
@@ -48,6 +48,22 @@ class EvalOptions:
     progress: bool = option(True, "Show progress bars.")
     threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
     save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
+
+
+@dataclass
+class TrainOptions:
+    """Options of the supervised training stages (pretrain, finetune)."""
+
+    train_on: Literal["rows", "sequences"] = option("rows", "rows: one prefix row (history → next item) per example, as the official ETEGRec; sequences: windows of whole training sequences, one causal-encoder pass predicting the next item after every position (needs a recommender with causal_encoder=true).")
+    window_stride: int = option(0, "train_on=sequences: windows of max_len items start every window_stride items (0 = max_len, disjoint windows); each scored target reads at least max_len - window_stride + 1 items of history.")
+    max_grad_norm: float = option(1.0, "Clip gradients to this total L2 norm (the official code: 1.0); 0 = no clipping.")
+    warmup_steps: int = option(0, "Linear warm-up steps before the cosine decay (capped at the run's steps); 0 = use warmup_ratio.")
+
+    def check_training(self) -> None:
+        if self.window_stride < 0 or self.window_stride > self.max_len:
+            raise ValueError(f"window_stride must be in 0..max_len ({self.max_len})")
+        if self.max_grad_norm < 0 or self.warmup_steps < 0:
+            raise ValueError("max_grad_norm and warmup_steps must be ≥ 0")
 
 
 class Stage:
@@ -182,7 +198,11 @@ class Stage:
                 losses = loss_fn(*batch)
                 (losses["total"] * self.share).backward()
                 values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in losses.items()}
-            self.procs.sync_gradients(p for group in opt.param_groups for p in group["params"])
+            params = [p for group in opt.param_groups for p in group["params"]]
+            self.procs.sync_gradients(params)
+            norm = clip_gradients(params, getattr(self.cfg, "max_grad_norm", 0.0))
+            if norm is not None:
+                values["grad_norm"] = norm
             opt.step()
             sched.step()
             self.step += 1

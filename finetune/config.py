@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etegrl.config import option
-from etegrl.stage import EvalOptions
+from etegrl.stage import EvalOptions, TrainOptions
 
 
 @dataclass
-class FinetuneConfig(EvalOptions):
+class FinetuneConfig(TrainOptions, EvalOptions):
     data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step.")
     checkpoint: str = option("runs/ml-100k/pretrain/best", "The pretrain stage's best checkpoint, loaded strictly.")
     output_dir: str = option("runs/ml-100k/finetune", "Where best/, log.jsonl and results.json go.")
@@ -21,7 +21,7 @@ class FinetuneConfig(EvalOptions):
     rows_per_user: int = option(0, "At most this many prefix rows per user per epoch, redrawn each epoch (0 = all).")
     lr: float = option(5e-4, "AdamW learning rate (fresh optimiser).")
     weight_decay: float = option(0.05, "AdamW weight decay.")
-    warmup_ratio: float = option(0.0, "Share of steps in linear warm-up before the cosine decay (official: none).")
+    warmup_ratio: float = option(0.0, "Share of steps in linear warm-up before the cosine decay (official: none; used when warmup_steps is 0).")
     dropout_rate: float = option(-1.0, "Override the checkpoint's T5 dropout (< 0 keeps it).")
     bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
     use_lora: bool = option(False, "Train LoRA adapters on the attention projections instead of all weights; merged on save.")
@@ -29,3 +29,6 @@ class FinetuneConfig(EvalOptions):
     lora_alpha: int = option(16, "LoRA alpha.")
     lora_dropout: float = option(0.0, "LoRA dropout.")
     lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters (T5 attention: q, k, v, o).")
+
+    def __post_init__(self):
+        self.check_training()

@@ -8,9 +8,9 @@ import torch
 
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.losses import code_loss
-from etegrl.model import history_tokens, set_dropout
+from etegrl.model import set_dropout, training_outputs
 from etegrl.stage import Stage
-from etegrl.training import RowEpochs, adamw_cosine
+from etegrl.training import adamw_cosine, training_epochs
 
 from .config import FinetuneConfig
 
@@ -30,17 +30,16 @@ class FinetuneStage(Stage):
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                    dropout=cfg.lora_dropout, targets=cfg.lora_targets)
         self.open_log()
-        self.rows = RowEpochs(self.data.splits["train"], batch_size=cfg.batch_size,
-                              max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed)
+        self.rows = training_epochs(cfg, self.data.splits,
+                                    causal=self.model.config.causal_encoder)
         self.opt, self.sched = adamw_cosine(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-            total_steps=self.rows.batches_per_epoch() * cfg.epochs, warmup_ratio=cfg.warmup_ratio)
+            total_steps=self.rows.batches_per_epoch() * cfg.epochs, warmup_ratio=cfg.warmup_ratio,
+            warmup_steps=cfg.warmup_steps)
 
     def batch_losses(self, hist, targets):
-        tokens, mask = history_tokens(hist, self.table.codes)
-        target_codes = self.table.codes[targets]
         with self.autocast():
-            out = self.model(tokens, mask, target_codes)
+            out, _, target_codes = training_outputs(self.model, self.table.codes, hist, targets)
         loss = code_loss(out["logits"], target_codes)
         return {"code": loss, "total": loss}
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from etegrl.config import option
-from etegrl.stage import EvalOptions
+from etegrl.stage import EvalOptions, TrainOptions
 
 
 @dataclass
-class PretrainConfig(EvalOptions):
+class PretrainConfig(TrainOptions, EvalOptions):
     data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step (splits + embeddings/semantic.safetensors).")
     output_dir: str = option("runs/ml-100k/pretrain", "Where checkpoints (best/), log.jsonl and results.json go.")
     mode: Literal["etegrec", "tiger"] = option("etegrec", "etegrec: alternating loop with SIA/PSA; tiger: tokenizer pretrained then frozen, code loss only.")
@@ -24,6 +24,7 @@ class PretrainConfig(EvalOptions):
     num_heads: int = option(4, "Attention heads.")
     d_kv: int = option(64, "Size of each head's keys and values.")
     dropout_rate: float = option(0.1, "T5 dropout.")
+    causal_encoder: bool = option(False, "Encoder attention causal over items (each history token sees its own and earlier items); needed by train_on=sequences. The official ETEGRec encoder is bidirectional (false).")
     bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
     max_len: int = option(50, "History items the recommender reads (the last ones).")
     # tokenizer (RQ-VAE)
@@ -40,6 +41,7 @@ class PretrainConfig(EvalOptions):
     overflow: Literal["error", "reassign"] = option("reassign", "More than code_num items on one prefix: stop with an error, or move the farthest items to their nearest last-level code with room.")
     tokenizer_pretrain_epochs: int = option(500, "Epochs of RQ-VAE training alone on the item embeddings before the joint loop (0 = none).")
     tokenizer_pretrain_lr: float = option(1e-3, "Learning rate of tokenizer pretraining.")
+    tokenizer_check_every: int = option(10, "During tokenizer pretraining, count colliding items every N epochs and keep the weights with the fewest.")
     tokenizer_pretrain_batch_size: int = option(1024, "Items per tokenizer-pretraining step.")
     # joint loop
     epochs: int = option(100, "Epochs of the joint loop.")
@@ -50,7 +52,8 @@ class PretrainConfig(EvalOptions):
     lr_rec: float = option(5e-3, "Recommender AdamW learning rate.")
     lr_id: float = option(1e-4, "Tokenizer AdamW learning rate in the joint loop.")
     weight_decay: float = option(0.05, "AdamW weight decay (both optimisers).")
-    warmup_ratio: float = option(0.02, "Share of each optimiser's steps spent in linear warm-up before the cosine decay.")
+    warmup_ratio: float = option(0.02, "Share of each optimiser's steps spent in linear warm-up before the cosine decay (used when warmup_steps is 0).")
+    psa_both: bool = option(True, "PSA InfoNCE over both directions, summed (sequence → item and item → sequence, as the official code); false = sequence → item only.")
     w_code: float = option(1.0, "Weight of the code cross-entropy.")
     w_vq: float = option(1.0, "Weight of the VQ loss (tokenizer epochs).")
     w_sia: float = option(1e-4, "Weight of SIA (official code 1e-4; the paper's best 3e-4).")
@@ -58,7 +61,23 @@ class PretrainConfig(EvalOptions):
     psa_tau: float = option(0.07, "InfoNCE temperature of PSA.")
 
     def __post_init__(self):
+        self.check_training()
+        if self.train_on == "sequences" and not self.causal_encoder:
+            raise ValueError("train_on=sequences needs causal_encoder=true")
         if self.cycle < 1:
             raise ValueError("cycle must be ≥ 1")
+        if self.mode == "etegrec" and self.epochs > self.warmup_epochs:
+            # validations must not land right after a code rebuild, and the run must not end
+            # on codes the recommender never trained on (the official code asserts the first)
+            if self.cycle % self.eval_every:
+                raise ValueError(f"cycle ({self.cycle}) must be a multiple of eval_every "
+                                 f"({self.eval_every}), so that validation follows recommender epochs")
+            last = self.epochs - 1
+            if last >= self.warmup_epochs and last % self.cycle == 0:
+                raise ValueError(f"epochs={self.epochs} ends on a tokenizer epoch (epoch {last}, "
+                                 f"cycle {self.cycle}) whose new codes are never trained on; use "
+                                 f"epochs={self.epochs + 1} or {self.epochs - 1}")
+        if self.tokenizer_check_every < 1:
+            raise ValueError("tokenizer_check_every must be ≥ 1")
         if self.beam < 10:
             raise ValueError("beam must be ≥ 10 (Recall@10 needs 10 items)")

@@ -13,6 +13,7 @@ then the test split with the best checkpoint.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -21,12 +22,20 @@ from tqdm.auto import tqdm
 from etegrl.codes import CodeTable, assign_suffixes, reassign_overflow
 from etegrl.embeddings import load_embedding
 from etegrl.losses import code_loss, psa_loss, sia_loss
-from etegrl.model import ETEGRecConfig, ETEGRecModel, history_tokens
+from etegrl.model import ETEGRecConfig, ETEGRecModel, training_outputs
 from etegrl.stage import Stage
 from etegrl.tokenizer import RQVAE
-from etegrl.training import RowEpochs, adamw_cosine
+from etegrl.training import adamw_cosine, training_epochs
 
 from .config import PretrainConfig
+
+
+@torch.no_grad()
+def collided_items(tokenizer: RQVAE, items: torch.Tensor) -> int:
+    """Items whose 3-code prefix another item also has (the collision suffix tells them apart)."""
+    prefix, _ = tokenizer.encode_items(items)
+    _, counts = torch.unique(prefix, dim=0, return_counts=True)
+    return int(counts[counts > 1].sum())
 
 
 def set_trainable(module: torch.nn.Module, flag: bool) -> None:
@@ -57,44 +66,55 @@ class PretrainStage(Stage):
             code_num=cfg.code_num, code_len=cfg.levels + 1, d_model=cfg.d_model, d_ff=cfg.d_ff,
             num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers,
             num_heads=cfg.num_heads, d_kv=cfg.d_kv, dropout_rate=cfg.dropout_rate,
-            e_dim=cfg.e_dim, semantic_dim=self.semantic.shape[1])).to(self.device)
-        self.rows = RowEpochs(self.data.splits["train"], batch_size=cfg.batch_size,
-                              max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed)
+            e_dim=cfg.e_dim, semantic_dim=self.semantic.shape[1],
+            causal_encoder=cfg.causal_encoder)).to(self.device)
+        self.rows = training_epochs(cfg, self.data.splits, causal=cfg.causal_encoder)
         kinds = [self.epoch_kind(e) for e in range(cfg.epochs)]
         per_epoch = self.rows.batches_per_epoch()
         self.opt_rec, self.sched_rec = adamw_cosine(
             self.model.parameters(), lr=cfg.lr_rec, weight_decay=cfg.weight_decay,
             total_steps=per_epoch * sum(k != "tokenizer" for k in kinds),
-            warmup_ratio=cfg.warmup_ratio)
+            warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
         self.opt_id, self.sched_id = adamw_cosine(
             self.tokenizer.parameters(), lr=cfg.lr_id, weight_decay=cfg.weight_decay,
             total_steps=per_epoch * max(1, sum(k == "tokenizer" for k in kinds)),
-            warmup_ratio=cfg.warmup_ratio)
+            warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
 
     def pretrain_tokenizer(self) -> None:
         """k-means initialisation, then the RQ-VAE alone on the item embeddings (TIGER's stage 1;
-        the official ETEGRec also starts from a pretrained tokenizer)."""
+        the official ETEGRec also starts from a pretrained tokenizer). Like the official code,
+        the weights kept are those whose 3-code prefixes collide least (checked every
+        ``tokenizer_check_every`` epochs; ties go to the later check)."""
         cfg, items = self.cfg, self.semantic[1:]
         self.tokenizer.init_codebooks(items, seed=cfg.seed)
         if cfg.tokenizer_pretrain_epochs <= 0:
             return
         opt = torch.optim.AdamW(self.tokenizer.parameters(), lr=cfg.tokenizer_pretrain_lr)
         g = torch.Generator().manual_seed(cfg.seed)
-        self.tokenizer.train()
+        best = (collided_items(self.tokenizer, items), -1, copy.deepcopy(self.tokenizer.state_dict()))
         bar = tqdm(range(cfg.tokenizer_pretrain_epochs), desc="tokenizer pretraining",
                    disable=not cfg.progress, leave=False)
         for epoch in bar:
+            self.tokenizer.train()
             order = torch.randperm(len(items), generator=g).to(self.device)
             for i in range(0, len(items), cfg.tokenizer_pretrain_batch_size):
                 out = self.tokenizer(items[order[i:i + cfg.tokenizer_pretrain_batch_size]])
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 opt.step()
-            if epoch % 50 == 0 or epoch == cfg.tokenizer_pretrain_epochs - 1:
+            last = epoch == cfg.tokenizer_pretrain_epochs - 1
+            if (epoch + 1) % cfg.tokenizer_check_every == 0 or last:
+                collided = collided_items(self.tokenizer, items)
+                if collided <= best[0]:
+                    best = (collided, epoch, copy.deepcopy(self.tokenizer.state_dict()))
                 self.write_log({"stage": "tokenizer_pretrain", "epoch": epoch,
-                                "recon": out["recon_loss"].item(), "quant": out["quant_loss"].item()})
+                                "recon": out["recon_loss"].item(),
+                                "quant": out["quant_loss"].item(), "collided_items": collided})
+        self.tokenizer.load_state_dict(best[2])
+        self.tokenizer_pretrain_info = {"kept_epoch": best[1], "collided_items": best[0]}
         self.log(f"tokenizer pretrained {cfg.tokenizer_pretrain_epochs} epochs: reconstruction "
-                 f"{out['recon_loss'].item():.4f}, quantisation {out['quant_loss'].item():.4f}")
+                 f"{out['recon_loss'].item():.4f}, quantisation {out['quant_loss'].item():.4f}; "
+                 f"kept epoch {best[1]} with {best[0]} of {len(items)} items on a shared prefix")
 
     def rebuild_codes(self) -> None:
         prefix, last_dist = self.tokenizer.encode_items(self.semantic[1:])
@@ -118,21 +138,22 @@ class PretrainStage(Stage):
 
     def batch_losses(self, hist, targets, kind: str) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        tokens, mask = history_tokens(hist, self.table.codes)
-        target_codes = self.table.codes[targets]
         losses = {}
         if kind == "tokenizer":  # recommender frozen: its outputs need no graph
             with torch.no_grad(), self.autocast():
-                out = self.model(tokens, mask, target_codes)
+                out, targets, target_codes = training_outputs(self.model, self.table.codes,
+                                                              hist, targets)
             # each item of the global batch once in the VQ loss, split over the processes and
             # scaled so that summing share × loss over them gives the global batch's mean
             uniq = torch.unique(self.batch_targets)
+            uniq = uniq[uniq > 0]  # sequence windows mark unscored positions with 0
             part = self.procs.share(len(uniq))
             scale = (part.stop - part.start) / len(uniq) / self.share
             losses["vq"] = self.tokenizer(self.semantic[uniq[part]])["loss"] * scale
         else:
             with self.autocast():
-                out = self.model(tokens, mask, target_codes)
+                out, targets, target_codes = training_outputs(self.model, self.table.codes,
+                                                              hist, targets)
             losses["code"] = code_loss(out["logits"], target_codes)
         if kind in ("tokenizer", "recommender"):
             with torch.set_grad_enabled(kind == "tokenizer"):
@@ -141,7 +162,7 @@ class PretrainStage(Stage):
             seq_logits = self.tokenizer.latent_logits(self.model.sia_adapter(out["pooled"]))
             losses["sia"] = sia_loss(item_logits, seq_logits)
             losses["psa"] = psa_loss(self.model.psa_adapter(out["bos_state"]), item["recon"],
-                                     targets, tau=cfg.psa_tau)
+                                     targets, tau=cfg.psa_tau, both=cfg.psa_both)
         weights = {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia, "psa": cfg.w_psa}
         losses["total"] = sum(weights[k] * v for k, v in losses.items())
         return losses
@@ -165,14 +186,17 @@ class PretrainStage(Stage):
                 "sched_rec": self.sched_rec, "opt_id": self.opt_id, "sched_id": self.sched_id}
 
     def extra_state(self) -> dict:
-        return {"codes": self.table.codes.cpu(), "code_stats": self.code_stats}
+        return {"codes": self.table.codes.cpu(), "code_stats": self.code_stats,
+                "tokenizer_pretrain": getattr(self, "tokenizer_pretrain_info", None)}
 
     def load_extra_state(self, state: dict) -> None:
         self.table = CodeTable(state["codes"][1:], code_num=self.cfg.code_num).to(self.device)
         self.code_stats = dict(state["code_stats"])
+        self.tokenizer_pretrain_info = state.get("tokenizer_pretrain")
 
     def checkpoint_info(self) -> dict:
         cfg = self.cfg
         return {"mode": cfg.mode, "codes": self.code_stats,
+                "tokenizer_pretrain": getattr(self, "tokenizer_pretrain_info", None),
                 "loss_weights": {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia,
                                  "psa": cfg.w_psa}}

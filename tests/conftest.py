@@ -46,5 +46,5 @@ def trained_run(tiny_data):
     assert main([f"data_dir={tiny_data / 'data'}", f"output_dir={out}", "d_model=32", "d_ff=64",
                  "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16", "max_len=8",
                  "code_num=8", "e_dim=8", "tok_hidden=[32]", "tokenizer_pretrain_epochs=5",
-                 "epochs=3", "warmup_epochs=1", "batch_size=64", "progress=false"]) == 0
+                 "epochs=4", "warmup_epochs=1", "batch_size=64", "progress=false"]) == 0
     return out

@@ -34,7 +34,12 @@ def test_psa_infonce_by_hand():
     s = 1 / math.sqrt(2)
     row0 = -(1 / tau) + math.log(math.exp(1 / tau) + math.exp(s / tau))
     row1 = -(s / tau) + math.log(math.exp(0) + math.exp(s / tau))
-    assert psa_loss(query, keys, tau=tau).item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    assert psa_loss(query, keys, tau=tau, both=False).item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # the other direction: key 0 among the queries (1, 0), key 1 among them (1/√2, 1/√2)
+    col0 = -(1 / tau) + math.log(math.exp(1 / tau) + math.exp(0))
+    col1 = -(s / tau) + math.log(math.exp(s / tau) + math.exp(s / tau))
+    both = (row0 + row1) / 2 + (col0 + col1) / 2
+    assert psa_loss(query, keys, tau=tau).item() == pytest.approx(both, rel=1e-5)
     # the same target twice: the other row is no negative, so each row's loss is 0
     assert psa_loss(query, keys, torch.tensor([7, 7]), tau=tau).item() == pytest.approx(0.0, abs=1e-6)
 
