@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 from transformers import set_seed
 
 from .config import ConfigError, parse_args
-from .data import DataError, build_splits, load_processed, read_source, save_processed
+from .data import (DataError, build_splits, item_counts, load_processed, read_source,
+                   save_processed, write_topk)
+from .metrics import list_metrics, most_popular
 from .distributed import keep_freed_memory, set_threads
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
                          tag_features)
@@ -77,6 +79,24 @@ class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
             raise ValueError("semantic_parts has 'sasrec' but sasrec_epochs is 0")
 
 
+def most_popular_baseline(data, out: Path, log=print) -> dict:
+    """The floor every model is judged against: the same list for every user, items by their
+    training counts (ties by lower item id). Metrics of both splits, the test lists in
+    ``most_popular_test_topk.jsonl``."""
+    popular = most_popular(item_counts(data.splits, data.n_items), 20)
+    report = {"ranking": "training counts, ties by item id"}
+    for split in ("valid", "test"):
+        rows = data.splits[split]
+        top = popular.expand(len(rows), -1)
+        report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
+                                     histories=rows["history"], popular=popular[:10])
+    write_topk(out / "most_popular_test_topk.jsonl", data.splits["test"]["user"],
+               data.splits["test"]["target"], popular.expand(len(data.splits["test"]), -1).tolist())
+    t = report["test"]
+    log(f"most popular test: recall@10 {t['recall@10']:.4f} ndcg@10 {t['ndcg@10']:.4f}")
+    return report
+
+
 def run(cfg: PrepareConfig, log=print) -> dict:
     out = Path(cfg.output_dir)
     if claim_output(cfg, out, "prepare"):
@@ -100,7 +120,7 @@ def run(cfg: PrepareConfig, log=print) -> dict:
         f"{s['rows']['valid']} / test {s['rows']['test']}; {time.perf_counter() - t0:.1f}s")
 
     parts: dict[str, torch.Tensor] = {}
-    summary = {"stats": s}
+    summary = {"stats": s, "most_popular": most_popular_baseline(data, out, log)}
     emb_dir = out / "embeddings"
     if cfg.sasrec_epochs > 0:
         model, report = train_sasrec(data, cfg, max_len=cfg.max_len, seed=cfg.seed,

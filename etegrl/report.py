@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 COLUMNS = ["recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10"]
+# behaviour beside the metrics, where a row recorded it
+BEHAVIOUR = ["distinct_top1", "popular10_share@10", "history_share@10"]
 
 
 STAGES = ("pretrain-tiger", "pretrain", "finetune", "rl")
@@ -36,6 +38,8 @@ def rows(root: Path):
     summary = root / "data" / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
+        if "most_popular" in s:
+            yield "Most popular (training counts)", s["most_popular"]["test"], 0.0
         if "sasrec" in s:
             yield "SASRec (full-softmax CE)", s["sasrec"]["test"], s["sasrec"]["train_seconds"]
     for stage in STAGES:
@@ -47,13 +51,19 @@ def rows(root: Path):
             yield name, r["test"], r["train_seconds"]
 
 
+def cell(value) -> str:
+    if value is None:
+        return "–"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
 def table(root: str | Path) -> str:
     root = Path(root)
-    lines = ["| model | " + " | ".join(COLUMNS) + " | train time |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = ["| model | " + " | ".join(COLUMNS + BEHAVIOUR) + " | train time |",
+             "|---" * (len(COLUMNS) + len(BEHAVIOUR) + 2) + "|"]
     for name, test, seconds in rows(root):
-        lines.append(f"| {name} | " + " | ".join(f"{test[c]:.4f}" for c in COLUMNS)
-                     + f" | {seconds:.0f} s |")
+        lines.append(f"| {name} | " + " | ".join(f"{test[c]:.4f}" for c in COLUMNS) + " | "
+                     + " | ".join(cell(test.get(c)) for c in BEHAVIOUR) + f" | {seconds:.0f} s |")
     return "\n".join(lines) + "\n\n" + protocol_note([root]) + "\n"
 
 

@@ -20,9 +20,10 @@ from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
-from .data import load_processed
+from .data import item_counts, load_processed, write_topk
 from .distributed import Processes, keep_freed_memory, set_threads
 from .evaluation import PROTOCOL, evaluate_generative
+from .metrics import most_popular
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping, clip_gradients
 
@@ -120,6 +121,7 @@ class Stage:
         if not self.procs.is_main:
             self.log = lambda *args, **kwargs: None
         self.data = load_processed(self.cfg.data_dir)
+        self.popular = most_popular(item_counts(self.data.splits, self.data.n_items), 10)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
         if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not _native_bf16():
             self.log("warning: bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "
@@ -251,12 +253,18 @@ class Stage:
         set_rng_state(state["rng"])
         return epoch, done
 
-    def evaluate(self, split: str, max_users: int = 0) -> dict:
-        return evaluate_generative(
+    def evaluate(self, split: str, max_users: int = 0, topk_file: Path | None = None) -> dict:
+        """Metrics of a split; ``topk_file``: also write its ranked lists there (main process)."""
+        metrics, rows, lists = evaluate_generative(
             self.model, self.table, self.data.splits[split], max_len=self.cfg.max_len,
             beam=self.cfg.beam, batch_size=self.cfg.eval_batch_size, logprob=self.cfg.logprob,
             device=self.device, max_users=max_users, progress=self.cfg.progress and self.procs.is_main,
-            procs=self.procs)
+            procs=self.procs, popular=self.popular, return_lists=True)
+        if topk_file is not None and self.procs.is_main:
+            users, targets = self.data.splits[split]["user"], self.data.splits[split]["target"]
+            write_topk(topk_file, [users[i] for i in rows], [targets[i] for i in rows],
+                       lists.tolist())
+        return metrics
 
     def export_model(self):
         """The model to checkpoint (a LoRA stage returns a merged copy)."""
@@ -313,7 +321,7 @@ class Stage:
         train_seconds = time.perf_counter() - start
         best = load_checkpoint(self.out / "best", device=self.device)
         self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]
-        test = self.evaluate("test")
+        test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
         results = {"stage": self.name, "best_epoch": best_epoch, "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
                    "protocol": PROTOCOL.format(beam=cfg.beam, code_len=self.table.code_len),

@@ -77,8 +77,8 @@ class SequenceEpochs:
         self.sequences = [list(s) for s in split["items"]]
         users, starts, ends, first = [], [], [], []
         for u, seq in enumerate(self.sequences):
-            end = len(seq) - 1  # index of the last input item; targets are seq[1:]
-            while end > 0:
+            end = len(seq) - 2  # index of the last input item (its target is the last item)
+            while end >= 0:
                 start = max(0, end + 1 - window)
                 users.append(u), starts.append(start), ends.append(end)
                 # targets seq[k + 1] for inputs k in [start, end]; scored: k > end - stride,

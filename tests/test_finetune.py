@@ -1,7 +1,10 @@
 import json
 
+import pytest
 import torch
 
+from etegrl.data import load_processed, read_topk
+from etegrl.metrics import list_metrics
 from etegrl.checkpoint import load_checkpoint
 from finetune.__main__ import main
 from finetune.config import FinetuneConfig
@@ -39,6 +42,17 @@ def test_finetune_end_to_end(tiny_data, trained_run, tmp_path):
                  "progress=false"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["stage"] == "finetune" and "ndcg@10" in results["test"]
+    # the ranked lists it wrote give back every reported metric
+    lists = read_topk(out / "test_topk.jsonl")
+    processed = load_processed(tiny_data / "data")
+    assert sorted(lists) == sorted(processed.splits["test"]["user"])
+    users = sorted(lists)
+    top = torch.tensor([lists[u][1][:20] + [0] * (20 - len(lists[u][1])) for u in users])
+    again = list_metrics(top, torch.tensor([lists[u][0] for u in users]),
+                         n_items=processed.n_items)
+    for key, value in again.items():
+        assert results["test"][key] == pytest.approx(value), key
+    assert {"popular10_share@10", "history_share@10"} <= set(results["test"])
     pre = load_checkpoint(trained_run / "best")
     post = load_checkpoint(out / "best")
     assert torch.equal(pre["table"].codes, post["table"].codes)

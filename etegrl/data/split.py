@@ -100,6 +100,35 @@ def build_splits(raw: RawData, *, max_len: int = 50) -> Processed:
     return Processed(splits, tokens, text, tags, users, stats)
 
 
+def item_counts(splits, n_items: int) -> np.ndarray:
+    """How often each item occurs in the training sequences → ``[n_items + 1]`` (index = item
+    id, 0 unused): the popularity behind the most-popular baseline."""
+    items = [i for seq in splits["train_seq"]["items"] for i in seq]
+    return np.bincount(np.asarray(items, dtype=np.int64), minlength=n_items + 1)
+
+
+def write_topk(path: str | Path, users, targets, ranked) -> None:
+    """One JSON line per user: ``{"user", "target", "ranked": [item ids, best first]}`` (ids as
+    in ``items.jsonl``), enough to recompute every metric."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for user, target, items in zip(users, targets, ranked):
+            fh.write(json.dumps({"user": int(user), "target": int(target),
+                                 "ranked": [int(i) for i in items if int(i) > 0]}) + "\n")
+
+
+def read_topk(path: str | Path) -> dict[int, tuple[int, list[int]]]:
+    """``write_topk``'s file → {user: (target, ranked)}."""
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                obj = json.loads(line)
+                out[int(obj["user"])] = (int(obj["target"]), [int(i) for i in obj["ranked"]])
+            except (ValueError, KeyError, TypeError) as err:
+                raise DataError(f"{path}:{number}: not a ranked-list line ({err})") from None
+    return out
+
+
 def compute_stats(raw, tokens, cols, text, max_len) -> dict:
     lengths = np.array([len(s) for s in raw.sequences.values()])
     train_items = set(cols["train"]["target"]) | {

@@ -1,0 +1,53 @@
+"""The most-popular baseline of the prepare step and the paired comparison command."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from etegrl.compare import main as compare_main
+from etegrl.data import RawData, build_splits, load_processed, read_topk, save_processed
+from etegrl.metrics import list_metrics
+from etegrl.prepare import most_popular_baseline
+
+
+def test_most_popular_baseline_by_hand(tmp_path):
+    seqs = {"u1": ["a", "b", "c", "d", "a"], "u2": ["b", "a", "b", "c", "d"],
+            "u3": ["b", "c", "a", "b"]}
+    data = build_splits(RawData(sequences=seqs, source="hand"), max_len=50)
+    save_processed(data, tmp_path)
+    data = load_processed(tmp_path)
+    # training parts: u1 a b c, u2 b a b, u3 b c → b 4, a 2, c 2, d 0 → order b, a, c, d
+    report = most_popular_baseline(data, tmp_path, log=lambda *_: None)
+    ids = {tok: i for i, tok in enumerate(data.item_tokens, 1)}
+    lists = read_topk(tmp_path / "most_popular_test_topk.jsonl")
+    assert all(r[1][:4] == [ids["b"], ids["a"], ids["c"], ids["d"]] for r in lists.values())
+    # test targets: u1 a (rank 1), u2 d (rank 3), u3 b (rank 0)
+    t = report["test"]
+    assert t["recall@1"] == pytest.approx(1 / 3)
+    assert t["ndcg@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5) + 1) / 3)
+    assert t["distinct_top1"] == 1
+    users = sorted(lists)
+    again = list_metrics(torch.tensor([lists[u][1] for u in users]),
+                         torch.tensor([lists[u][0] for u in users]), n_items=data.n_items)
+    for key, value in again.items():
+        assert t[key] == pytest.approx(value), key
+
+
+def write_lists(path, rows):
+    path.write_text("".join(json.dumps({"user": u, "target": t, "ranked": r}) + "\n"
+                            for u, t, r in rows))
+    return path
+
+
+def test_compare_prints_the_paired_difference(tmp_path, capsys):
+    a = write_lists(tmp_path / "a.jsonl", [(0, 1, [2, 3]), (1, 2, [1, 2]), (2, 3, [3])])
+    b = write_lists(tmp_path / "b.jsonl", [(0, 1, [1, 3]), (1, 2, [2, 1]), (2, 3, [3])])
+    assert compare_main([str(a), str(b), "--samples", "500"]) == 0
+    out = capsys.readouterr().out
+    # recall@10: 2/3 → 1 (+0.3333); ndcg@10: user 1 gains 1 − 1/log2(3)
+    assert "| recall@10 | 0.6667 | 1.0000 | +0.3333 |" in out
+    c = write_lists(tmp_path / "c.jsonl", [(0, 1, [1]), (5, 2, [2])])
+    assert compare_main([str(a), str(c)]) == 2
+    assert "not the same users" in capsys.readouterr().err
