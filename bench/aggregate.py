@@ -18,7 +18,7 @@ import common  # noqa: F401  (puts the project on the import path)
 
 from etegrl.report import protocol_note, rows
 
-COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10"]
+COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10", "distinct_top1"]
 
 
 def aggregate(roots: list[Path]) -> str:
@@ -31,9 +31,9 @@ def aggregate(roots: list[Path]) -> str:
     for name, runs in by_model.items():
         cells = []
         for col in COLUMNS + ["seconds"]:
-            values = np.array([s if col == "seconds" else t[col] for t, s in runs])
+            values = np.array([s if col == "seconds" else t.get(col, np.nan) for t, s in runs])
             std = values.std(ddof=1) if len(values) > 1 else 0.0
-            cells.append(f"{values.mean():.0f} ± {std:.0f}" if col == "seconds"
+            cells.append(f"{values.mean():.0f} ± {std:.0f}" if col in ("seconds", "distinct_top1")
                          else f"{values.mean():.4f} ± {std:.4f}")
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return ("\n".join(lines) + "\n\nMean ± sample std over runs. " + protocol_note(roots) + "\n")

@@ -51,14 +51,30 @@ def _step_logprobs(logits: torch.Tensor, allowed: torch.Tensor, mode: str) -> to
     return F.log_softmax(logits, -1).masked_fill(~allowed, float("-inf"))
 
 
+def _without(allowed: torch.Tensor, prefixes: torch.Tensor, excluded: torch.Tensor,
+             present: torch.Tensor) -> torch.Tensor:
+    """``allowed [n*k, C]`` last codes of beams ``prefixes [n, k, code_len-1]`` with the codes
+    that complete an excluded item (``excluded [n, E, code_len]``, ``present [n, E]``) off."""
+    n, k, _ = prefixes.shape
+    same = (prefixes[:, :, None, :] == excluded[:, None, :, :-1]).all(-1) & present[:, None, :]
+    rows = torch.arange(n * k, device=allowed.device).reshape(n, k, 1).expand_as(same)
+    last = excluded[:, None, :, -1].expand_as(same)
+    allowed = allowed.clone()
+    allowed[rows[same], last[same]] = False
+    return allowed
+
+
 @torch.no_grad()
 def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, *,
                 beam: int = 20, logprob: str = "full",
-                encoded: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                encoded: torch.Tensor | None = None,
+                exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Top-``beam`` items for each history ``[B, L]`` → items ``[B, beam]`` (0 = no item, when
     fewer valid items exist), their codes ``[B, beam, code_len]`` and scores ``[B, beam]``.
     ``encoded``: the model's encoder output for these histories, when the caller has it (GRPO
-    computes it once for the groups and the update); the model must then be in eval mode."""
+    computes it once for the groups and the update); the model must then be in eval mode.
+    ``exclude [B, E]``: item ids (0 = none) never to return for each history, e.g. the items
+    already in it; masked at the last code, so the beam holds ``beam`` other items."""
     if logprob not in ("full", "trie"):
         raise ValueError("logprob must be 'full' or 'trie'")
     was_training = model.training
@@ -89,7 +105,10 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
         out = model.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded,
                                encoder_attention_mask=mask_b, cache=cache, use_cache=True)
         logits = model.code_logits(out.last_hidden_state, start=t)[:, 0]
-        logp = _step_logprobs(logits, table.allowed(seqs.reshape(n * k, t)), logprob)
+        allowed = table.allowed(seqs.reshape(n * k, t))
+        if exclude is not None and t == code_len - 1:
+            allowed = _without(allowed, seqs, table.codes[exclude], exclude > 0)
+        logp = _step_logprobs(logits, allowed, logprob)
         total = (scores.reshape(-1, 1) + logp).reshape(n, -1)  # [n, k * code_num]
         scores, flat = total.topk(k, dim=1)
         parent, code = flat // logp.shape[1], flat % logp.shape[1]

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from transformers import set_seed
 
 from .config import ConfigError, parse_args
-from .data import (DataError, build_splits, item_counts, load_processed, read_source,
+from .data import (DataError, build_splits, exclude_history, item_counts, load_processed, read_source,
                    save_processed, write_topk)
 from .metrics import list_metrics, most_popular
 from .distributed import keep_freed_memory, set_threads
@@ -68,6 +68,7 @@ class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
     seed: int = field(default=42, metadata={"help": "Random seed."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds another or a finished run."})
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = the machine's cores divided among the processes on it)."})
+    exclude_history: Literal["auto", "always", "never"] = field(default="auto", metadata={"help": "Baselines (SASRec, most popular) never recommend an item already in the user's history: always, never, or auto = when no training target repeats an item of its own history. The later stages' option of the same name follows the same rule."})
 
     def __post_init__(self):
         unknown = [p for p in self.semantic_parts if p not in PARTS]
@@ -79,19 +80,24 @@ class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
             raise ValueError("semantic_parts has 'sasrec' but sasrec_epochs is 0")
 
 
-def most_popular_baseline(data, out: Path, log=print) -> dict:
-    """The floor every model is judged against: the same list for every user, items by their
-    training counts (ties by lower item id). Metrics of both splits, the test lists in
-    ``most_popular_test_topk.jsonl``."""
-    popular = most_popular(item_counts(data.splits, data.n_items), 20)
-    report = {"ranking": "training counts, ties by item id"}
+def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> dict:
+    """The floor every model is judged against: items by their training counts (ties by lower
+    item id), the same list for every user — less each user's history items when ``exclude``.
+    Metrics of both splits, the test lists in ``most_popular_test_topk.jsonl``."""
+    counts = item_counts(data.splits, data.n_items)
+    order = most_popular(counts, data.n_items)
+    report = {"ranking": "training counts, ties by item id", "exclude_history": exclude}
     for split in ("valid", "test"):
         rows = data.splits[split]
-        top = popular.expand(len(rows), -1)
+        if exclude:
+            top = torch.tensor([[i for i in order[:20 + len(h)].tolist() if i not in set(h)][:20]
+                                for h in rows["history"]])
+        else:
+            top = order[:20].expand(len(rows), -1)
         report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
-                                     histories=rows["history"], popular=popular[:10])
+                                     histories=rows["history"], popular=order[:10])
     write_topk(out / "most_popular_test_topk.jsonl", data.splits["test"]["user"],
-               data.splits["test"]["target"], popular.expand(len(data.splits["test"]), -1).tolist())
+               data.splits["test"]["target"], top.tolist())
     t = report["test"]
     log(f"most popular test: recall@10 {t['recall@10']:.4f} ndcg@10 {t['ndcg@10']:.4f}")
     return report
@@ -120,11 +126,15 @@ def run(cfg: PrepareConfig, log=print) -> dict:
         f"{s['rows']['valid']} / test {s['rows']['test']}; {time.perf_counter() - t0:.1f}s")
 
     parts: dict[str, torch.Tensor] = {}
-    summary = {"stats": s, "most_popular": most_popular_baseline(data, out, log)}
+    exclude = exclude_history(cfg.exclude_history, data.splits)
+    summary = {"stats": s, "exclude_history": exclude,
+               "most_popular": most_popular_baseline(data, out, log, exclude=exclude)}
     emb_dir = out / "embeddings"
     if cfg.sasrec_epochs > 0:
         model, report = train_sasrec(data, cfg, max_len=cfg.max_len, seed=cfg.seed,
-                                     device=device, log=log)
+                                     device=device, log=log, exclude=exclude)
+        write_topk(out / "sasrec_test_topk.jsonl", data.splits["test"]["user"],
+                   data.splits["test"]["target"], report.pop("test_lists"))
         parts["sasrec"] = model.item_vectors().cpu()
         save_embedding(parts["sasrec"], emb_dir / "sasrec.safetensors", part="sasrec")
         save_file(model.state_dict(), str(out / "sasrec_model.safetensors"))

@@ -30,8 +30,15 @@ def protocol_note(roots) -> str:
                 if text and text not in stated:
                     stated.append(text)
     generative = "; ".join(stated) or "none found"
-    return ("Test split. SASRec: leave-one-out, full ranking over all items by its scores. "
-            f"Generative models: {generative}.")
+    excluded = set()
+    for root in roots:
+        summary = Path(root) / "data" / "summary.json"
+        if summary.is_file():
+            excluded.add(bool(json.loads(summary.read_text()).get("exclude_history", False)))
+    rule = {frozenset({True}): ", items already in the user's history excluded",
+            frozenset({False}): ""}.get(frozenset(excluded), " (history items excluded in some runs only)")
+    return (f"Test split. Most popular and SASRec: leave-one-out, full ranking over all items by "
+            f"their scores{rule}. Generative models: {generative}.")
 
 
 def rows(root: Path):

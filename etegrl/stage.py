@@ -20,9 +20,9 @@ from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option
-from .data import item_counts, load_processed, write_topk
+from .data import exclude_history, item_counts, load_processed, write_topk
 from .distributed import Processes, keep_freed_memory, set_threads
-from .evaluation import PROTOCOL, evaluate_generative
+from .evaluation import evaluate_generative, protocol
 from .metrics import most_popular
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .training import EarlyStopping, clip_gradients
@@ -45,6 +45,7 @@ class EvalOptions:
     beam: int = option(20, "Beam size of evaluation.")
     eval_batch_size: int = option(128, "Users per beam-search batch.")
     valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
+    exclude_history: Literal["auto", "always", "never"] = option("auto", "Never recommend an item already in the user's history: always, never, or auto = when no training target repeats an item of its own history (ratings data such as MovieLens). Applies to validation, test and generated groups; the prepare step's baselines follow the same rule.")
     logprob: Literal["full", "trie"] = option("full", "Beam scores (and GRPO log-probabilities): log-softmax over all codes (full) or renormalised over the trie's valid codes (trie).")
     progress: bool = option(True, "Show progress bars.")
     threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
@@ -122,6 +123,7 @@ class Stage:
             self.log = lambda *args, **kwargs: None
         self.data = load_processed(self.cfg.data_dir)
         self.popular = most_popular(item_counts(self.data.splits, self.data.n_items), 10)
+        self.exclude = exclude_history(self.cfg.exclude_history, self.data.splits)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
         if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not _native_bf16():
             self.log("warning: bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "
@@ -259,7 +261,8 @@ class Stage:
             self.model, self.table, self.data.splits[split], max_len=self.cfg.max_len,
             beam=self.cfg.beam, batch_size=self.cfg.eval_batch_size, logprob=self.cfg.logprob,
             device=self.device, max_users=max_users, progress=self.cfg.progress and self.procs.is_main,
-            procs=self.procs, popular=self.popular, return_lists=True)
+            procs=self.procs, popular=self.popular, return_lists=True,
+            exclude_history=self.exclude)
         if topk_file is not None and self.procs.is_main:
             users, targets = self.data.splits[split]["user"], self.data.splits[split]["target"]
             write_topk(topk_file, [users[i] for i in rows], [targets[i] for i in rows],
@@ -324,7 +327,8 @@ class Stage:
         test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
         results = {"stage": self.name, "best_epoch": best_epoch, "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
-                   "protocol": PROTOCOL.format(beam=cfg.beam, code_len=self.table.code_len),
+                   "protocol": protocol(beam=cfg.beam, code_len=self.table.code_len,
+                                        exclude=self.exclude),
                    **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch")}}
         if self.procs.is_main:
             (self.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -72,7 +72,7 @@ class RLStage(Stage):
     def make_groups(self, hist: torch.Tensor, targets: torch.Tensor, encoded=None):
         cfg, g = self.cfg, self.cfg.num_generations
         beams = beam_search(self.model, self.table, hist, beam=g, logprob=cfg.logprob,
-                            encoded=encoded)
+                            encoded=encoded, exclude=hist if self.exclude else None)
         items = beams["items"]
         if cfg.group_source == "sampling":
             drawn = sample_items(self.model, self.table, hist, n=4 * g,

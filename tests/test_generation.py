@@ -52,3 +52,20 @@ def test_sampling_follows_the_model_over_valid_items():
     exact = score_items(model, table, hist, torch.arange(1, 7).expand(2, 6), logprob="trie").exp()
     seen = torch.stack([torch.bincount(row - 1, minlength=6) for row in out["items"]]) / 4000
     torch.testing.assert_close(seen, exact, atol=0.03, rtol=0)
+
+
+def test_beam_search_leaves_out_excluded_items():
+    """With exclusions the beam equals brute force over the other items (exact beam: fewer
+    valid prefixes than beams), best first, and never returns an excluded item."""
+    torch.manual_seed(1)
+    table = CodeTable(assign_suffixes(torch.randint(0, 3, (15, 3)), code_num=8), code_num=8)
+    model = tiny_model()
+    hist = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]])
+    exclude = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 11, 12, 13], [0, 0, 0, 0, 0]])
+    out = beam_search(model, table, hist, beam=20, exclude=exclude)
+    brute = score_items(model, table, hist, torch.arange(1, 16).expand(3, 15))
+    for row in range(3):
+        banned = set(exclude[row].tolist()) - {0}
+        keep = [i for i in brute[row].argsort(descending=True).add(1).tolist() if i not in banned]
+        assert out["items"][row, :len(keep)].tolist() == keep
+        assert torch.all(out["items"][row, len(keep):] == 0)

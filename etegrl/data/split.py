@@ -100,6 +100,22 @@ def build_splits(raw: RawData, *, max_len: int = 50) -> Processed:
     return Processed(splits, tokens, text, tags, users, stats)
 
 
+def repeat_rate(splits) -> float:
+    """Share of training rows whose target is already in its history: 0 on data where a user
+    meets an item once (ratings), above 0 where items come back (purchases, listens)."""
+    train = splits["train"]
+    hits = sum(t in set(h) for h, t in zip(train["history"], train["target"]))
+    return hits / max(1, len(train))
+
+
+def exclude_history(mode: str, splits) -> bool:
+    """Whether recommendations leave out the user's history items: ``always``, ``never``, or
+    ``auto`` = when no training target repeats an item of its own history."""
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"exclude_history must be auto, always or never, not {mode!r}")
+    return mode == "always" or (mode == "auto" and repeat_rate(splits) == 0.0)
+
+
 def item_counts(splits, n_items: int) -> np.ndarray:
     """How often each item occurs in the training sequences → ``[n_items + 1]`` (index = item
     id, 0 unused): the popularity behind the most-popular baseline."""

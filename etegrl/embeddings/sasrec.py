@@ -99,8 +99,11 @@ def _last_hidden(model: SASRec, histories: list[list[int]], device) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_sasrec(model: SASRec, split, *, batch_size: int = 512, device="cpu",
-                    ks=DEFAULT_KS, n_items: int | None = None) -> dict[str, float]:
-    """Full ranking over all items; Recall@K, NDCG@K and coverage of the top-10 lists."""
+                    ks=DEFAULT_KS, n_items: int | None = None,
+                    exclude_history: bool = False, return_lists: bool = False):
+    """Full ranking over all items (``exclude_history``: all but the user's history items);
+    Recall@K, NDCG@K and coverage of the top-10 lists; ``return_lists``: also the top-20 item
+    ids of every row of the split, in its order → (metrics, lists)."""
     model.eval()
     histories, all_targets = split["history"], split["target"]
     order = np.argsort([len(h) for h in histories], kind="stable")  # little padding per batch
@@ -108,17 +111,25 @@ def evaluate_sasrec(model: SASRec, split, *, batch_size: int = 512, device="cpu"
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         scores = model.item_scores(_last_hidden(model, [histories[i] for i in rows], device))
+        if exclude_history:  # item ids 1..N are score columns 0..N-1; padding 0 drops out
+            seen = pad_histories([histories[i] for i in rows]).to(scores.device)
+            scores = torch.cat([scores.new_zeros(len(rows), 1), scores], 1)
+            scores = scores.scatter(1, seen, float("-inf"))[:, 1:]
         targets = torch.as_tensor([all_targets[i] for i in rows], device=device)
         ranks.append(ranks_from_scores(scores, targets).cpu())
-        tops.append(scores.topk(min(10, scores.shape[1]), dim=1).indices.cpu() + 1)
+        tops.append(scores.topk(min(20, scores.shape[1]), dim=1).indices.cpu() + 1)
     out = ranking_metrics(torch.cat(ranks), ks)
-    out["coverage@10"] = coverage(torch.cat(tops), n_items or model.item_emb.num_embeddings - 1)
-    return out
+    top = torch.cat(tops)[torch.as_tensor(np.argsort(order, kind="stable"))]  # split order
+    out["coverage@10"] = coverage(top[:, :10], n_items or model.item_emb.num_embeddings - 1)
+    out["distinct_top1"] = int(torch.unique(top[:, 0]).numel())
+    return (out, top) if return_lists else out
 
 
 def train_sasrec(data: Processed, cfg: SASRecConfig, *, max_len: int, seed: int = 42,
-                 device: str | torch.device = "cpu", log=print) -> tuple[SASRec, dict]:
-    """Train on the training sequences, select by validation NDCG@10, evaluate on test."""
+                 device: str | torch.device = "cpu", log=print,
+                 exclude: bool = False) -> tuple[SASRec, dict]:
+    """Train on the training sequences, select by validation NDCG@10, evaluate on test
+    (``exclude``: history items are not ranked)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_seqs = training_windows(data.splits["train_seq"]["items"], max_len)
@@ -146,7 +157,7 @@ def train_sasrec(data: Processed, cfg: SASRecConfig, *, max_len: int, seed: int 
             opt.step()
             total, steps = total + loss.item(), steps + 1
         valid = evaluate_sasrec(model, data.splits["valid"], batch_size=cfg.sasrec_eval_batch_size,
-                                device=device, n_items=data.n_items)
+                                device=device, n_items=data.n_items, exclude_history=exclude)
         history.append({"epoch": epoch, "loss": total / max(1, steps), **valid})
         log(f"sasrec epoch {epoch:3d} loss {total / max(1, steps):.4f} "
             f"valid recall@10 {valid['recall@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}")
@@ -160,9 +171,11 @@ def train_sasrec(data: Processed, cfg: SASRecConfig, *, max_len: int, seed: int 
     train_time = time.perf_counter() - start
     if best_state is not None:
         model.load_state_dict(best_state)
-    test = evaluate_sasrec(model, data.splits["test"], batch_size=cfg.sasrec_eval_batch_size,
-                           device=device, n_items=data.n_items)
+    test, test_lists = evaluate_sasrec(
+        model, data.splits["test"], batch_size=cfg.sasrec_eval_batch_size, device=device,
+        n_items=data.n_items, exclude_history=exclude, return_lists=True)
     report = {"best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": train_time,
               "valid": best, "test": test, "history": history,
-              "loss": "full-softmax cross-entropy over all items"}
+              "loss": "full-softmax cross-entropy over all items", "exclude_history": exclude,
+              "test_lists": test_lists.tolist()}
     return model, report
