@@ -173,6 +173,12 @@ class CodeTable:
         out.scatter_(1, code, True)
         return out & (hi > lo).unsqueeze(1)
 
+    def allowed_along(self, codes: torch.Tensor) -> torch.Tensor:
+        """Valid codes at every position of full codes ``[N, code_len]`` → bool ``[N, code_len,
+        code_num]``: position t allows the codes that extend ``codes[:, :t]`` (the mask of a
+        cross-entropy over valid codes only)."""
+        return torch.stack([self.allowed(codes[:, :t]) for t in range(codes.shape[1])], 1)
+
     def items_of(self, codes: torch.Tensor) -> torch.Tensor:
         """Item ids of full codes ``[..., code_len]``; 0 where a code is no item."""
         flat = codes.reshape(-1, self.code_len)

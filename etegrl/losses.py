@@ -14,8 +14,13 @@ import torch
 import torch.nn.functional as F
 
 
-def code_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """``logits [B, T, C]``, ``codes [B, T]`` → mean cross-entropy over all B·T codes."""
+def code_loss(logits: torch.Tensor, codes: torch.Tensor,
+              allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """``logits [B, T, C]``, ``codes [B, T]`` → mean cross-entropy over all B·T codes;
+    ``allowed [B, T, C]``: the softmax of each position runs over these codes only (the trie's
+    valid continuations), so the loss is the item's negative log-likelihood among valid items."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
 
 

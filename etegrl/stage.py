@@ -46,7 +46,7 @@ class EvalOptions:
     eval_batch_size: int = option(128, "Users per beam-search batch.")
     valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
     exclude_history: Literal["auto", "always", "never"] = option("auto", "Never recommend an item already in the user's history: always, never, or auto = when no training target repeats an item of its own history (ratings data such as MovieLens). Applies to validation, test and generated groups; the prepare step's baselines follow the same rule.")
-    logprob: Literal["full", "trie"] = option("full", "Beam scores (and GRPO log-probabilities): log-softmax over all codes (full) or renormalised over the trie's valid codes (trie).")
+    logprob: Literal["full", "trie"] = option("full", "Code distribution of the training loss, beam scores and GRPO log-probabilities: softmax over all codes (full), or over the trie's valid codes only (trie: the loss is then the item's likelihood among valid items, and the model need not learn which codes exist).")
     progress: bool = option(True, "Show progress bars.")
     threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
     save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
@@ -180,6 +180,11 @@ class Stage:
         for k, v in values.items():
             self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
         self.epoch_n += 1
+
+    def code_mask(self, target_codes: torch.Tensor) -> torch.Tensor | None:
+        """With ``logprob=trie`` the code loss's softmax runs over the trie's valid codes, the
+        same distribution that beam search and GRPO then use; ``full``: over all codes."""
+        return self.table.allowed_along(target_codes) if self.cfg.logprob == "trie" else None
 
     def autocast(self):
         """Context of the recommender's training forward passes: bf16 autocast when the config

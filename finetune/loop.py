@@ -40,7 +40,7 @@ class FinetuneStage(Stage):
     def batch_losses(self, hist, targets):
         with self.autocast():
             out, _, target_codes = training_outputs(self.model, self.table.codes, hist, targets)
-        loss = code_loss(out["logits"], target_codes)
+        loss = code_loss(out["logits"], target_codes, self.code_mask(target_codes))
         return {"code": loss, "total": loss}
 
     def run_epoch(self, epoch: int) -> str:

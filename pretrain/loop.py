@@ -154,7 +154,7 @@ class PretrainStage(Stage):
             with self.autocast():
                 out, targets, target_codes = training_outputs(self.model, self.table.codes,
                                                               hist, targets)
-            losses["code"] = code_loss(out["logits"], target_codes)
+            losses["code"] = code_loss(out["logits"], target_codes, self.code_mask(target_codes))
         if kind in ("tokenizer", "recommender"):
             with torch.set_grad_enabled(kind == "tokenizer"):
                 item = self.tokenizer(self.semantic[targets])

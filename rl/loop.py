@@ -26,7 +26,7 @@ from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.model import history_tokens
 from etegrl.stage import Stage
-from etegrl.training import RowEpochs
+from etegrl.training import RowEpochs, clip_gradients
 
 from .config import RLConfig
 
@@ -174,10 +174,13 @@ class RLStage(Stage):
             self.opt.zero_grad(set_to_none=True)
             (loss * self.share).backward()  # the global batch's mean over processes
             self.procs.sync_gradients(params)
+            grad_norm = clip_gradients(params, cfg.max_grad_norm)  # trl's max_grad_norm
             self.opt.step()
             self.sched.step()
             self.step += 1
         hits = (items == targets.unsqueeze(1)).any(1).float().mean().item()
+        if grad_norm is not None:
+            m["grad_norm"] = grad_norm
         return {"total": loss.item(), "reward": float(r.nanmean()), "frac_reward_zero_std": zero_std,
                 "group_hit_rate": hits, **m, **stats}
 

@@ -51,3 +51,16 @@ def test_compare_prints_the_paired_difference(tmp_path, capsys):
     c = write_lists(tmp_path / "c.jsonl", [(0, 1, [1]), (5, 2, [2])])
     assert compare_main([str(a), str(c)]) == 2
     assert "not the same users" in capsys.readouterr().err
+
+
+def test_exclude_history_auto_follows_repeats():
+    from etegrl.data import exclude_history, repeat_rate
+    once = build_splits(RawData(sequences={"u1": ["a", "b", "c", "d"], "u2": ["c", "d", "e", "f"]},
+                                source="hand"), max_len=50)
+    again = build_splits(RawData(sequences={"u1": ["a", "b", "a", "c", "d"],
+                                            "u2": ["c", "d", "e", "f"]}, source="hand"), max_len=50)
+    assert repeat_rate(once.splits) == 0.0 and repeat_rate(again.splits) > 0.0
+    assert exclude_history("auto", once.splits) and not exclude_history("auto", again.splits)
+    assert exclude_history("always", again.splits) and not exclude_history("never", once.splits)
+    with pytest.raises(ValueError, match="auto, always or never"):
+        exclude_history("sometimes", once.splits)

@@ -78,3 +78,15 @@ def test_trie_on_a_wide_table_with_random_prefixes():
         for p, row in zip(prefixes.tolist(), allowed.tolist()):
             expect = [any(v[:t + 1] == tuple(p) + (c,) for v in valid) for c in range(16)]
             assert row == expect
+
+
+def test_allowed_along_is_allowed_at_each_prefix():
+    from etegrl.codes import CodeTable, assign_suffixes
+    torch.manual_seed(0)
+    table = CodeTable(assign_suffixes(torch.randint(0, 4, (30, 3)), code_num=8), code_num=8)
+    codes = table.codes[1:]
+    along = table.allowed_along(codes)
+    assert along.shape == (30, 4, 8)
+    for t in range(4):
+        assert torch.equal(along[:, t], table.allowed(codes[:, :t]))
+    assert along.gather(2, codes.unsqueeze(-1)).all()  # an item's own codes are always valid

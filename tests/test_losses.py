@@ -58,3 +58,13 @@ def test_vq_loss_and_codes_by_hand():
     assert out.loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
     assert out.quantized.tolist()[0] == pytest.approx([1.1, 0.0])
     assert out.distances[0, 0].tolist() == pytest.approx([0.05, 2.25])
+
+
+def test_code_loss_over_valid_codes_by_hand():
+    logits = torch.tensor([[[1.0, 2.0, 3.0]]])
+    codes = torch.tensor([[1]])
+    full = -(2.0 - math.log(math.exp(1) + math.exp(2) + math.exp(3)))
+    assert code_loss(logits, codes).item() == pytest.approx(full, rel=1e-6)
+    allowed = torch.tensor([[[True, True, False]]])  # code 2 is no valid continuation
+    masked = -(2.0 - math.log(math.exp(1) + math.exp(2)))
+    assert code_loss(logits, codes, allowed).item() == pytest.approx(masked, rel=1e-6)

@@ -103,3 +103,23 @@ def test_first_step_kl_is_zero_and_ratio_is_one(tiny_data, finetuned, tmp_path):
     assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # float noise only
     assert stats["clip_ratio"] == 0.0
     stage.cleanup()
+
+
+def test_rl_clips_gradients(tiny_data, finetuned, tmp_path):
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "clip", max_grad_norm=1e-4),
+                    log=lambda *_: None)
+    stage.setup()
+    seen, real_step = [], stage.opt.step
+
+    def step(*args, **kwargs):  # the gradients the optimiser gets, after clipping
+        grads = [p.grad for g in stage.opt.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([x.norm() for x in grads])).item())
+        return real_step(*args, **kwargs)
+
+    stage.opt.step = step
+    stage.run_epoch(0)
+    records = [json.loads(line) for line in (tmp_path / "clip" / "log.jsonl").read_text().splitlines()]
+    logged = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert seen and max(seen) <= 1e-4 * 1.0001
+    assert logged and max(logged) > 1e-4  # the norm before clipping was above the limit
+    stage.cleanup()
