@@ -35,9 +35,12 @@ def args_for(stage: str, tiny_data: Path, out: Path, start: Path | None) -> list
                                       "w_psa=0.0"]
     if stage == "finetune":
         return common + [f"checkpoint={start}", "epochs=2", "batch_size=32", "dropout_rate=0.0"]
-    # per_device_train_batch_size is per process (trl's meaning): 16 there is 32 here
+    # per_device_train_batch_size is per process (trl's meaning): 16 there is 32 here.
+    # History exclusion off: on this tiny model it fills groups with near-tied items, and the
+    # two runs' weights differ by all-reduce rounding (KL equal to 1e-5 relative at step 2), so
+    # two of them swap ranks by step 3 and the rank-based reward differs by a few percent.
     return common + [f"checkpoint={start}", "epochs=1", "num_generations=4", "rows_per_user=2",
-                     "learning_rate=1e-3", "inject_target=true"]
+                     "learning_rate=1e-3", "inject_target=true", "exclude_history=never"]
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune", "rl"])

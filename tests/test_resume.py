@@ -71,7 +71,7 @@ def stage_args(stage: str, tiny_data: Path, out: Path, start: Path | None) -> li
     common = [data, f"output_dir={out}", "max_len=8", "save_state_every=2", "seed=3"]
     if stage == "pretrain":
         # cycle 2 after one warm-up epoch: recommender and tokenizer epochs (codes rebuilt)
-        return common + TINY_MODEL + ["epochs=5", "warmup_epochs=1", "cycle=2", "batch_size=16",
+        return common + TINY_MODEL + ["epochs=4", "warmup_epochs=1", "cycle=2", "batch_size=16",
                                       "tokenizer_pretrain_epochs=3", "dropout_rate=0.1"]
     if stage == "finetune":
         return common + [f"checkpoint={start}", "epochs=3", "batch_size=16", "dropout_rate=0.1"]
