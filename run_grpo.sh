@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on the embedded default dataset (MovieLens-100K) unless a dataset is named:
 #   bash run_grpo.sh [DATASET] [key=value ...]
-# where DATASET names a folder of configs/ (ml-100k, scientific, beauty, tiny).
+# where DATASET names a folder of configs/ (ml-100k, scientific, beauty, instruments, tiny).
 # Stages: data preparation (leave-one-out splits, SASRec baseline, item embeddings) →
 # ETEGRec pretraining → finetuning → GRPO → the test results as a markdown table. A stage whose finished output exists with the same config is
 # skipped; pass overwrite=true to redo it. key=value overrides apply to every stage, so name
