@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"| metric | A | B | B − A (per user) | 95% bootstrap interval | users | pairs |")
+    print("| metric | A | B | B − A (per user) | 95% bootstrap interval | users | pairs |")
     print("|---|---|---|---|---|---|---|")
     for name, r in result.items():
         print(f"| {name} | {r['a']:.4f} | {r['b']:.4f} | {r['mean']:+.4f} | "

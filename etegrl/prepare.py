@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 from transformers import set_seed
 
 from .config import ConfigError, parse_args
-from .data import (DataError, build_splits, exclude_history, item_counts, load_processed, read_source,
-                   save_processed, write_topk)
+from .data import (DataError, build_splits, exclude_history, item_counts, load_processed,
+                   read_source, save_processed, write_topk)
 from .metrics import list_metrics, most_popular
 from .distributed import keep_freed_memory, set_threads
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
@@ -80,6 +80,10 @@ class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
             raise ValueError("semantic_parts has 'sasrec' but sasrec_epochs is 0")
 
 
+def unseen(items: list[int], seen: set[int]) -> list[int]:
+    return [i for i in items if i not in seen]
+
+
 def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> dict:
     """The floor every model is judged against: items by their training counts (ties by lower
     item id), the same list for every user — less each user's history items when ``exclude``.
@@ -89,8 +93,8 @@ def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> 
     report = {"ranking": "training counts, ties by item id", "exclude_history": exclude}
     for split in ("valid", "test"):
         rows = data.splits[split]
-        if exclude:
-            top = torch.tensor([[i for i in order[:20 + len(h)].tolist() if i not in set(h)][:20]
+        if exclude:  # the first 20 + len(history) items always hold 20 the user has not seen
+            top = torch.tensor([unseen(order[:20 + len(h)].tolist(), set(h))[:20]
                                 for h in rows["history"]])
         else:
             top = order[:20].expand(len(rows), -1)

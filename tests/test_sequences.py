@@ -1,12 +1,12 @@
 """One-pass training over sequence windows with a causal encoder, and the training safeguards
 (gradient clipping, warm-up length, config checks)."""
 
-import numpy as np
+import json
+
 import pytest
 import torch
 
 from etegrl.model import ETEGRecConfig, ETEGRecModel, history_tokens, training_outputs
-from etegrl.stage import Stage
 from etegrl.training import SequenceEpochs, clip_gradients, warmup_length
 from pretrain.config import PretrainConfig
 from pretrain.loop import PretrainStage
@@ -126,8 +126,7 @@ def test_a_training_stage_clips_each_step(tiny_data, tmp_path):
     # unclipped one, far above the limit
     moved = [k for k, v in stage.model.named_parameters() if not torch.equal(before[k], v)]
     assert moved
-    logged = [r for r in map(__import__("json").loads, open(tmp_path / "run" / "log.jsonl"))
-              if "grad_norm" in r]
+    logged = [r for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if "grad_norm" in r]
     assert logged and all(r["grad_norm"] > 1e-3 for r in logged)
     stage.cleanup()
 
