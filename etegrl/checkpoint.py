@@ -9,9 +9,10 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .codes import CodeTable
+from .files import read_tensors
 from .model import ETEGRecModel
 from .tokenizer import RQVAE
 
@@ -64,28 +65,50 @@ def save_checkpoint(path: str | Path, *, model: ETEGRecModel, tokenizer: RQVAE,
         (tmp / "info.json").write_text(json.dumps(info, indent=2))
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
+
+
 def load_checkpoint(path: str | Path, device="cpu") -> dict:
     """→ {model, tokenizer, table, tokenizer_args, info}; every state dict loads strictly."""
     path = recover_dir(path)
-    need = ["config.json", "tokenizer.safetensors", "codes.safetensors", "tokenizer_config.json"]
+    need = ["config.json", "model.safetensors", "tokenizer.safetensors", "codes.safetensors",
+            "tokenizer_config.json"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint (missing {', '.join(missing)})")
-    model, report = ETEGRecModel.from_pretrained(path, output_loading_info=True)
+    read_tensors(path / "model.safetensors", CheckpointError)  # a damaged file: one clear line
+    try:
+        model, report = ETEGRecModel.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError) as err:  # e.g. a config.json that is not JSON
+        raise CheckpointError(f"{path}: the model does not load ({err})") from None
     bad = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys",
                                                      "mismatched_keys") and v}
     if bad:  # transformers only warns; a checkpoint that does not match must not load
         raise CheckpointError(f"{path}: model weights do not match config.json: {bad}")
     model = model.to(device)
-    args = json.loads((path / "tokenizer_config.json").read_text())
-    tokenizer = RQVAE(**args)
+    args = _read_json(path / "tokenizer_config.json")
     try:
-        tokenizer.load_state_dict(load_file(str(path / "tokenizer.safetensors")), strict=True)
+        tokenizer = RQVAE(**args)
+    except TypeError as err:
+        raise CheckpointError(f"{path / 'tokenizer_config.json'}: not a tokenizer config "
+                              f"({err})") from None
+    try:
+        tokenizer.load_state_dict(read_tensors(path / "tokenizer.safetensors", CheckpointError),
+                                  strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path / 'tokenizer.safetensors'}: does not match "
                               f"tokenizer_config.json: {err}") from None
-    codes = load_file(str(path / "codes.safetensors"))["codes"]
+    codes = read_tensors(path / "codes.safetensors", CheckpointError).get("codes")
+    if codes is None or codes.ndim != 2:
+        raise CheckpointError(f"{path / 'codes.safetensors'}: no [items + 1, code_len] 'codes'")
     table = CodeTable(codes[1:], code_num=model.config.code_num).to(device)
-    info = json.loads((path / "info.json").read_text()) if (path / "info.json").is_file() else {}
+    info = _read_json(path / "info.json") if (path / "info.json").is_file() else {}
     return {"model": model, "tokenizer": tokenizer.to(device), "table": table,
             "tokenizer_args": args, "info": info}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import sys
 import types
 import typing
@@ -35,6 +36,24 @@ def option(default, help: str):
 
 class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the file and key."""
+
+
+def require(cfg: Any, low: float, *keys: str, above: bool = False, high: float | None = None,
+            below_high: bool = False) -> None:
+    """Range checks for ``__post_init__``: each key's value must be ≥ ``low`` (> with
+    ``above``) and, with ``high``, ≤ ``high`` (< with ``below_high``); a ValueError names the
+    key (``build_config`` adds the file or command line it came from)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        bad = value <= low if above else value < low
+        if high is not None:
+            bad = bad or (value >= high if below_high else value > high)
+        if bad or value != value:  # value != value: NaN
+            lo = f"> {low}" if above else f"≥ {low}"
+            hi = "" if high is None else f" and {'<' if below_high else '≤'} {high}"
+            raise ValueError(f"key '{key}' must be {lo}{hi}, got {value!r}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -145,7 +164,10 @@ def build_config(cls: type[T], values: dict[str, Any], sources: dict[str, str]) 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{', '.join(sorted(set(sources.values()))) or 'config'}: {err}") from err
+        named = re.match(r"key '(\w+)'", str(err))  # a range check names its key: say where it came from
+        where = (sources.get(named.group(1), "default value") if named else
+                 ", ".join(sorted(set(sources.values()))) or "config")
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:

@@ -22,16 +22,16 @@ import torch
 from safetensors.torch import save_file
 from transformers import set_seed
 
-from .config import ConfigError, parse_args
+from .config import ConfigError, parse_args, require
 from .data import (DataError, build_splits, exclude_history, item_counts, load_processed,
-                   read_source, save_processed, write_topk)
+                   read_source, save_processed, source_files, write_topk)
 from .metrics import list_metrics, most_popular
 from .distributed import keep_freed_memory, set_threads
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
                          tag_features)
 from .embeddings.sasrec import SASRecConfig, train_sasrec
 from .embeddings.text import encode_texts
-from .runs import claim_output, mark_done
+from .runs import OutputLock, claim_output, input_fingerprints, mark_done
 
 @dataclass
 class DataConfig:
@@ -71,6 +71,12 @@ class PrepareConfig(SASRecConfig, EmbeddingConfig, DataConfig):
     exclude_history: Literal["auto", "always", "never"] = field(default="auto", metadata={"help": "Baselines (SASRec, most popular) never recommend an item already in the user's history: always, never, or auto = when no training target repeats an item of its own history. The later stages' option of the same name follows the same rule."})
 
     def __post_init__(self):
+        require(self, 1, "max_len", "text_batch_size", "sasrec_hidden", "sasrec_layers",
+                "sasrec_heads", "sasrec_batch_size", "sasrec_eval_batch_size")
+        require(self, 0, "k_core", "threads", "sasrec_epochs", "sasrec_patience",
+                "sasrec_weight_decay")
+        require(self, 0, "sasrec_lr", above=True)
+        require(self, 0, "sasrec_dropout", high=1, below_high=True)
         unknown = [p for p in self.semantic_parts if p not in PARTS]
         if unknown or not self.semantic_parts:
             raise ValueError(f"semantic_parts: {unknown or '[]'} not valid; choose from {PARTS}")
@@ -94,8 +100,9 @@ def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> 
     for split in ("valid", "test"):
         rows = data.splits[split]
         if exclude:  # the first 20 + len(history) items always hold 20 the user has not seen
-            top = torch.tensor([unseen(order[:20 + len(h)].tolist(), set(h))[:20]
-                                for h in rows["history"]])
+            lists = [unseen(order[:20 + len(h)].tolist(), set(h))[:20] for h in rows["history"]]
+            width = max(len(x) for x in lists)  # < 20 in a catalogue under 20 + history items
+            top = torch.tensor([x + [0] * (width - len(x)) for x in lists])  # 0: no item
         else:
             top = order[:20].expand(len(rows), -1)
         report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
@@ -107,10 +114,25 @@ def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> 
     return report
 
 
+def prepare_inputs(cfg: PrepareConfig) -> dict[str, str]:
+    """Fingerprints of what the prepare step reads: the source files, a feature file, a local
+    text model."""
+    paths = source_files(cfg.format, data_dir=cfg.data_dir, dataset=cfg.dataset)
+    paths += [p for p in (cfg.feature_file, cfg.text_model) if p and Path(p).exists()]
+    return input_fingerprints(paths)
+
+
 def run(cfg: PrepareConfig, log=print) -> dict:
+    """Prepare ``cfg.output_dir``, owning it (a lock) while it runs."""
+    with OutputLock(cfg.output_dir):
+        return _run(cfg, log)
+
+
+def _run(cfg: PrepareConfig, log=print) -> dict:
     out = Path(cfg.output_dir)
-    if claim_output(cfg, out, "prepare"):
-        log(f"{out}: already prepared with this config; nothing to do (overwrite=true redoes it)")
+    if claim_output(cfg, out, "prepare", prepare_inputs(cfg), log=log):
+        log(f"{out}: already prepared with this config and these source files; nothing to do "
+            f"(overwrite=true redoes it)")
         return json.loads((out / "summary.json").read_text())
     set_seed(cfg.seed)
     set_threads(cfg.threads)
@@ -121,6 +143,8 @@ def run(cfg: PrepareConfig, log=print) -> dict:
     t0 = time.perf_counter()
     raw = read_source(cfg.format, data_dir=cfg.data_dir, dataset=cfg.dataset, k_core=cfg.k_core,
                       text_fields=cfg.text_fields or None, tag_fields=cfg.tag_fields)
+    for note in raw.notes:
+        log(f"warning: {note}")
     data = build_splits(raw, max_len=cfg.max_len)
     save_processed(data, out)
     data = load_processed(out)  # train from what is on disk, as every later stage will

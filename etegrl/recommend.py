@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .codes import CodeTableError
 from .data import DataError, load_processed, pad_histories
 from .generation import beam_search
 
@@ -34,7 +35,8 @@ class ItemCatalogue:
         path = Path(data_dir) / "items.jsonl"
         if not path.is_file():
             raise DataError(f"{path}: not found (is --data-dir the prepare step's output?)")
-        self.items = [json.loads(line) for line in path.read_text().splitlines() if line]
+        text = path.read_text(encoding="utf-8")
+        self.items = [json.loads(line) for line in text.split("\n") if line.strip()]
         self.by_token = {str(it["token"]): it["id"] for it in self.items}
         self.text = {it["id"]: it.get("text") or "" for it in self.items}
         self.token = {it["id"]: str(it["token"]) for it in self.items}
@@ -69,13 +71,23 @@ def default_max_len(checkpoint: Path) -> int:
 
 def recommend(checkpoint: str | Path, data_dir: str | Path, history: list[int], *, k: int = 10,
               max_len: int | None = None, beam: int = 20, exclude_history: bool = False) -> list[dict]:
+    if k < 1 or beam < 1 or (max_len is not None and max_len < 1):
+        raise DataError(f"k, beam and max_len must be ≥ 1 (got k={k}, beam={beam}, "
+                        f"max_len={max_len})")
     checkpoint = Path(checkpoint)
+    catalogue = ItemCatalogue(data_dir)
     ckpt = load_checkpoint(checkpoint)
     model, table = ckpt["model"].eval(), ckpt["table"]
+    if table.n_items != len(catalogue.items):
+        raise CheckpointError(f"{checkpoint} has codes for {table.n_items} items but "
+                              f"{data_dir} has {len(catalogue.items)}: a checkpoint of another "
+                              f"dataset? Give the --data-dir it was trained on")
+    unknown = [i for i in history if not 1 <= i <= table.n_items]
+    if unknown:
+        raise DataError(f"history item ids {unknown[:5]} are not items of {data_dir}")
     max_len = max_len or default_max_len(checkpoint)
     width = max(beam, k + (len(set(history)) if exclude_history else 0))
     out = beam_search(model, table, pad_histories([history[-max_len:]]), beam=width)
-    catalogue = ItemCatalogue(data_dir)
     rows = []
     for item, score in zip(out["items"][0].tolist(), out["scores"][0].tolist()):
         if item <= 0 or (exclude_history and item in history):
@@ -119,7 +131,7 @@ def main(argv=None) -> int:
             history = [catalogue.resolve(q) for q in args.history]
         rows = recommend(args.checkpoint, args.data_dir, history, k=args.k, beam=args.beam,
                          max_len=args.max_len, exclude_history=args.exclude_history)
-    except (DataError, CheckpointError) as err:
+    except (DataError, CheckpointError, CodeTableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -26,7 +26,7 @@ def protocol_note(roots) -> str:
         for stage in STAGES:
             path = Path(root) / stage / "results.json"
             if path.is_file():
-                text = json.loads(path.read_text()).get("protocol")
+                text = read_json(path).get("protocol")
                 if text and text not in stated:
                     stated.append(text)
     generative = "; ".join(stated) or "none found"
@@ -34,7 +34,7 @@ def protocol_note(roots) -> str:
     for root in roots:
         summary = Path(root) / "data" / "summary.json"
         if summary.is_file():
-            excluded.add(bool(json.loads(summary.read_text()).get("exclude_history", False)))
+            excluded.add(bool(read_json(summary).get("exclude_history", False)))
     rule = {frozenset({True}): ", items already in the user's history excluded",
             frozenset({False}): ""}.get(frozenset(excluded), " (history items excluded in some runs only)")
     return (f"Test split. Most popular and SASRec: leave-one-out, full ranking over all items by "
@@ -44,7 +44,7 @@ def protocol_note(roots) -> str:
 def rows(root: Path):
     summary = root / "data" / "summary.json"
     if summary.is_file():
-        s = json.loads(summary.read_text())
+        s = read_json(summary)
         if "most_popular" in s:
             yield "Most popular (training counts)", s["most_popular"]["test"], 0.0
         if "sasrec" in s:
@@ -52,7 +52,7 @@ def rows(root: Path):
     for stage in STAGES:
         path = root / stage / "results.json"
         if path.is_file():
-            r = json.loads(path.read_text())
+            r = read_json(path)
             name = {"pretrain-tiger": "TIGER mode (pretrain)", "pretrain": "ETEGRec pretrain",
                     "finetune": "ETEGRec finetune", "rl": "ETEGRec + GRPO"}[stage]
             yield name, r["test"], r["train_seconds"]
@@ -68,14 +68,44 @@ def table(root: str | Path) -> str:
     root = Path(root)
     lines = ["| model | " + " | ".join(COLUMNS + BEHAVIOUR) + " | train time |",
              "|---" * (len(COLUMNS) + len(BEHAVIOUR) + 2) + "|"]
-    for name, test, seconds in rows(root):
+    try:
+        found = list(rows(root))
+    except (KeyError, TypeError) as err:
+        raise ReportError(f"{root}: a results.json or summary.json lacks the field {err}") from None
+    for name, test, seconds in found:
         lines.append(f"| {name} | " + " | ".join(f"{test[c]:.4f}" for c in COLUMNS) + " | "
                      + " | ".join(cell(test.get(c)) for c in BEHAVIOUR) + f" | {seconds:.0f} s |")
     return "\n".join(lines) + "\n\n" + protocol_note([root]) + "\n"
 
 
+class ReportError(ValueError):
+    """A run file the report cannot read; the message names it."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object")
+    return value
+
+
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A stage's ``log.jsonl``; a damaged line is a ``ReportError`` naming it."""
+    records = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: not readable ({err})") from None
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{path}:{number}: damaged line ({err.msg})") from None
+    return records
 
 
 def plot_stage(stage_dir: Path) -> Path | None:
@@ -123,8 +153,17 @@ def plots(root: str | Path) -> list[Path]:
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[plot]'): no curves drawn")
         return []
-    return [p for d in sorted(Path(root).iterdir())
-            if (d / "log.jsonl").is_file() and (p := plot_stage(d)) is not None]
+    drawn = []
+    for d in sorted(Path(root).iterdir()):
+        if (d / "log.jsonl").is_file():
+            try:
+                path = plot_stage(d)
+            except ReportError as err:  # the table is still worth having
+                print(f"warning: no curves for {d.name}: {err}", file=sys.stderr)
+                continue
+            if path is not None:
+                drawn.append(path)
+    return drawn
 
 
 def main(argv=None) -> int:
@@ -132,7 +171,11 @@ def main(argv=None) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print("usage: python -m etegrl.report runs/<dataset>", file=sys.stderr)
         return 2
-    text = table(argv[0])
+    try:
+        text = table(argv[0])
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     (Path(argv[0]) / "results.md").write_text(text)
     print(text)
     for path in plots(argv[0]):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import option
+from .config import option, require
 from .data import exclude_history, item_counts, load_processed, write_topk
 from .distributed import Processes, keep_freed_memory, set_threads
 from .evaluation import evaluate_generative, protocol
@@ -51,6 +51,10 @@ class EvalOptions:
     threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
     save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
 
+    def check_eval(self) -> None:
+        require(self, 1, "eval_every", "beam", "eval_batch_size")
+        require(self, 0, "patience", "valid_users", "threads", "save_state_every")
+
 
 @dataclass
 class TrainOptions:
@@ -62,10 +66,13 @@ class TrainOptions:
     warmup_steps: int = option(0, "Linear warm-up steps before the cosine decay (capped at the run's steps); 0 = use warmup_ratio.")
 
     def check_training(self) -> None:
+        """Ranges of the options every supervised stage has (called by ``__post_init__``)."""
+        self.check_eval()
+        require(self, 1, "epochs", "batch_size", "max_len")
+        require(self, 0, "rows_per_user", "max_grad_norm", "warmup_steps", "weight_decay")
+        require(self, 0, "warmup_ratio", high=1)
         if self.window_stride < 0 or self.window_stride > self.max_len:
             raise ValueError(f"window_stride must be in 0..max_len ({self.max_len})")
-        if self.max_grad_norm < 0 or self.warmup_steps < 0:
-            raise ValueError("max_grad_norm and warmup_steps must be ≥ 0")
 
 
 class Stage:

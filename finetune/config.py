@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from etegrl.config import option
+from etegrl.config import option, require
 from etegrl.stage import EvalOptions, TrainOptions
 
 
 @dataclass
 class FinetuneConfig(TrainOptions, EvalOptions):
+    # config fields naming inputs: a finished run is reused only while these are unchanged
+    INPUT_FIELDS = ("data_dir", "checkpoint")
+
     data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step.")
     checkpoint: str = option("runs/ml-100k/pretrain/best", "The pretrain stage's best checkpoint, loaded strictly.")
     output_dir: str = option("runs/ml-100k/finetune", "Where best/, log.jsonl and results.json go.")
@@ -32,3 +35,9 @@ class FinetuneConfig(TrainOptions, EvalOptions):
 
     def __post_init__(self):
         self.check_training()
+        require(self, 0, "lr", above=True)
+        require(self, 1, "lora_r", "lora_alpha")
+        require(self, 0, "lora_dropout", high=1, below_high=True)
+        if self.dropout_rate >= 1:
+            raise ValueError(f"key 'dropout_rate' must be < 1 (< 0 keeps the checkpoint's), got "
+                             f"{self.dropout_rate}")

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from etegrl.config import option
+from etegrl.config import option, require
 from etegrl.stage import EvalOptions, TrainOptions
 
 
 @dataclass
 class PretrainConfig(TrainOptions, EvalOptions):
+    # config fields naming inputs: a finished run is reused only while these are unchanged
+    INPUT_FIELDS = ("data_dir",)
+
     data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step (splits + embeddings/semantic.safetensors).")
     output_dir: str = option("runs/ml-100k/pretrain", "Where checkpoints (best/), log.jsonl and results.json go.")
     mode: Literal["etegrec", "tiger"] = option("etegrec", "etegrec: alternating loop with SIA/PSA; tiger: tokenizer pretrained then frozen, code loss only.")
@@ -62,6 +65,16 @@ class PretrainConfig(TrainOptions, EvalOptions):
 
     def __post_init__(self):
         self.check_training()
+        require(self, 1, "d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv",
+                "levels", "e_dim", "tokenizer_pretrain_batch_size")
+        require(self, 2, "code_num")
+        require(self, 0, "tokenizer_pretrain_epochs", "warmup_epochs", "beta", "w_code", "w_vq",
+                "w_sia", "w_psa")
+        require(self, 0, "lr_rec", "lr_id", "tokenizer_pretrain_lr", "psa_tau", "gumbel_tau",
+                above=True)
+        require(self, 0, "dropout_rate", "tok_dropout", high=1, below_high=True)
+        if any(h < 1 for h in self.tok_hidden):
+            raise ValueError(f"key 'tok_hidden' must hold sizes ≥ 1, got {self.tok_hidden}")
         if self.train_on == "sequences" and not self.causal_encoder:
             raise ValueError("train_on=sequences needs causal_encoder=true")
         if self.cycle < 1:

@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
+import warnings
 from pathlib import Path
 
 
 class RewardError(ValueError):
     """A reward function that cannot be loaded, raises, or returns the wrong thing."""
+
+
+class RewardWarning(UserWarning):
+    """A reward function that gave no value for a whole step (the others still did)."""
 
 
 def hit(prompts, completions, completion_ids, *, target, **kwargs):
@@ -121,12 +127,31 @@ def score(fns, weights, prompts, completions, completion_ids, **kwargs):
         if not isinstance(values, (list, tuple)) or len(values) != n:
             got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
             raise RewardError(f"reward function {name!r} returned {got} values for {n} completions")
+        clean = []
         for i, v in enumerate(values):
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v)):
-                raise RewardError(f"reward function {name!r} returned {v!r} at position {i}; "
-                                  f"expected a number or None")
-            totals[i] += w * float(v)
-        per_fn[name] = values
+            if v is not None:
+                v = _finite(v)
+                if v is None:
+                    raise RewardError(f"reward function {name!r} returned {values[i]!r} at "
+                                      f"position {i}; expected a finite number or None")
+                totals[i] += w * v
+            clean.append(v)
+        if n and all(v is None for v in clean):
+            warnings.warn(f"reward function {name!r} gave no value (None) for any of the {n} "
+                          f"completions of a step", RewardWarning, stacklevel=2)
+        per_fn[name] = clean
+    if n and all(v is None for values in per_fn.values() for v in values):
+        raise RewardError(f"no reward function gave a value for any of the {n} completions of a "
+                          f"step ({', '.join(per_fn)} returned only None): nothing to learn from")
     return totals, per_fn
+
+
+def _finite(value) -> float | None:
+    """A reward value as a float (Python numbers, numpy scalars, 0-d arrays and tensors); None
+    if it is not a finite real number (booleans are not rewards)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

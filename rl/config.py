@@ -14,12 +14,15 @@ from typing import Literal
 import torch
 from trl import GRPOConfig
 
-from etegrl.config import option
+from etegrl.config import option, require
 from etegrl.stage import EvalOptions
 
 
 @dataclass
 class RLConfig(EvalOptions, GRPOConfig):
+    # config fields naming inputs: a finished run is reused only while these are unchanged
+    INPUT_FIELDS = ("data_dir", "checkpoint", "reward_funcs")
+
     data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step.")
     checkpoint: str = option("runs/ml-100k/finetune/best", "The finetuned checkpoint: the initial policy and the frozen KL reference.")
     output_dir: str = option("runs/ml-100k/rl", "Where best/, log.jsonl and results.json go.")
@@ -50,6 +53,14 @@ class RLConfig(EvalOptions, GRPOConfig):
     loss_type: str = option("grpo", "grpo, bnpo, dr_grpo or dapo (identical here: every completion has code_len tokens).")
 
     def __post_init__(self):
+        # ours first: trl's own checks divide by num_generations and name no key
+        self.check_eval()
+        require(self, 2, "num_generations")  # a group of one has no advantage
+        require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
+                "lora_alpha")
+        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay")
+        require(self, 0, "learning_rate", "temperature", above=True)
+        require(self, 0, "lora_dropout", high=1, below_high=True)
         super().__post_init__()  # trl checks that a batch holds whole groups
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "

@@ -8,6 +8,7 @@ Every malformed input raises ``DataError`` naming the file and line.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,33 @@ class RawData:
     # Where each user came from, for error messages: user -> "file:line".
     origin: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    # What the reader changed or noticed in the input (shown by the prepare step).
+    notes: list[str] = field(default_factory=list)
+
+
+def _not_utf8(path: Path, data: bytes, err: UnicodeDecodeError) -> DataError:
+    line = data.count(b"\n", 0, err.start) + 1
+    return DataError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at offset "
+                     f"{err.start}); save the file as UTF-8")
+
+
+def read_text(path: Path) -> str:
+    """A whole file as UTF-8 text; undecodable bytes are a ``DataError`` naming the line."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, data, err) from None
 
 
 def _read_lines(path: Path):
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip():
-                yield number, line
+    # split on "\n" only: str.splitlines would also split inside a field at \x0b, \x1c, U+2028 …
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.strip():
+            yield number, line
 
 
 def _atomic_header(path: Path, line: str, required: list[str]) -> dict[str, int]:
@@ -95,6 +113,8 @@ def read_recbole_inter(path: str | Path, *, k_core: int = 0) -> RawData:
     path = Path(path)
     events: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     origin: dict[str, str] = {}
+    first_seen: dict[tuple[str, str, float], int] = {}
+    duplicates: list[tuple[int, int]] = []
     for number, row in _atomic_rows(path, ["user_id", "item_id", "timestamp"]):
         try:
             ts = float(row["timestamp"])
@@ -102,16 +122,30 @@ def read_recbole_inter(path: str | Path, *, k_core: int = 0) -> RawData:
             raise DataError(
                 f"{path}:{number}: timestamp {row['timestamp']!r} is not a number"
             ) from None
+        if not math.isfinite(ts):  # inf would reorder the sequence and change its targets
+            raise DataError(f"{path}:{number}: timestamp {row['timestamp']!r} is not a finite "
+                            f"number")
         user, item = row["user_id"].strip(), row["item_id"].strip()
         if not user or not item:
             raise DataError(f"{path}:{number}: empty user or item id")
+        key = (user, item, ts)
+        if key in first_seen:  # the same event twice: a copied row, not a second interaction
+            duplicates.append((number, first_seen[key]))
+            continue
+        first_seen[key] = number
         events[user].append((ts, number, item))
         origin.setdefault(user, f"{path}:{number}")
     # Time order; ties keep file order (the line number), so the result is deterministic.
     sequences = {u: [item for _, _, item in sorted(ev)] for u, ev in events.items()}
     sequences = k_core_filter(sequences, k_core)
+    notes = []
+    if duplicates:
+        line, first = duplicates[0]
+        notes.append(f"{path}: {len(duplicates)} duplicate row(s) (same user, item and "
+                     f"timestamp as an earlier row) dropped, the first at line {line} "
+                     f"(a copy of line {first})")
     return RawData(sequences=sequences, origin={u: origin[u] for u in sequences},
-                   source=str(path))
+                   source=str(path), notes=notes)
 
 
 def read_item_file(path: str | Path, *, text_fields: list[str] | None = None,
@@ -180,19 +214,33 @@ def read_json_sequences(path: str | Path) -> RawData:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    obj = read_json(path)
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object mapping users to item lists")
     sequences = {}
+    kinds: dict[str, type] = {}  # item token → the JSON type it was written as
     for user, items in obj.items():
         if not isinstance(items, list):
             raise DataError(f"{path}: user {user!r}: expected a list of items")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise DataError(f"{path}: user {user!r}: item {json.dumps(item)} is not a "
+                                f"string or an integer")
+            if kinds.setdefault(str(item), type(item)) is not type(item):
+                raise DataError(f"{path}: user {user!r}: item {json.dumps(item)} is also written "
+                                f"as {json.dumps(str(item) if isinstance(item, int) else int(item))}"
+                                f" elsewhere; write every item id one way")
         sequences[str(user)] = [str(i) for i in items]
     return RawData(sequences=sequences, origin={u: f"{path} (user {u})" for u in sequences},
                    source=str(path))
+
+
+def read_json(path: Path):
+    """A JSON file; bad encoding or syntax is a ``DataError`` naming the line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
 
 
 def movielens_100k_files() -> dict[str, Path]:
@@ -219,6 +267,28 @@ def movielens_100k_files() -> dict[str, Path]:
 
 def natural_key(token: str):
     return (0, int(token), "") if token.isdigit() else (1, 0, token)
+
+
+# the files each format reads, by suffix of <data_dir>/<dataset> (a run's input fingerprint)
+SOURCE_SUFFIXES = {
+    "recbole_inter": (".inter", ".item", ".text"),
+    "recbole_split": (".train.inter", ".valid.inter", ".test.inter", ".item2index", ".text"),
+    "etegrec_jsonl": (".train.jsonl", ".valid.jsonl", ".test.jsonl", ".emb_map.json"),
+}
+
+
+def source_files(fmt: str, *, data_dir: str = "", dataset: str = "") -> list[Path]:
+    """The existing files that ``read_source`` with these options reads."""
+    base = Path(data_dir) / dataset if dataset else Path(data_dir)
+    if fmt == "movielens_100k":
+        candidates = list(movielens_100k_files().values())
+    elif fmt in SOURCE_SUFFIXES:
+        candidates = [Path(f"{base}{suffix}") for suffix in SOURCE_SUFFIXES[fmt]]
+    elif fmt == "sequence_txt":
+        candidates = [base if base.suffix else Path(data_dir) / "user_sequence.txt"]
+    else:
+        candidates = [base]
+    return [c for c in candidates if c.is_file()]
 
 
 def read_source(fmt: str, *, data_dir: str = "", dataset: str = "", k_core: int = 0,

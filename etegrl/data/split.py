@@ -57,7 +57,12 @@ def build_splits(raw: RawData, *, max_len: int = 50) -> Processed:
 
     if not raw.sequences:
         raise DataError(f"{raw.source}: no users left (after filtering)")
+    if max_len < 1:
+        raise DataError(f"max_len must be ≥ 1 (history items kept per row), got {max_len}")
     for user, items in raw.sequences.items():
+        if "\n" in user or "\r" in user:  # users.txt holds one user id per line
+            where = raw.origin.get(user, raw.source)
+            raise DataError(f"{where}: user id {user!r} holds a line break")
         if len(items) < MIN_INTERACTIONS:
             where = raw.origin.get(user, raw.source)
             raise DataError(
@@ -176,7 +181,8 @@ def save_processed(p: Processed, out_dir: str | Path) -> None:
         for i, (tok, text, tags) in enumerate(zip(p.item_tokens, p.item_text, p.item_tags), 1):
             fh.write(json.dumps({"id": i, "token": tok, "text": text, "tags": tags},
                                 ensure_ascii=False) + "\n")
-    (out / "users.txt").write_text("".join(u + "\n" for u in p.users), encoding="utf-8")
+    with open(out / "users.txt", "w", encoding="utf-8", newline="") as fh:
+        fh.write("".join(u + "\n" for u in p.users))
     (out / "stats.json").write_text(json.dumps(p.stats, indent=2))
 
 
@@ -196,6 +202,9 @@ def load_processed(data_dir: str | Path) -> Processed:
             tokens.append(obj["token"])
             text.append(obj["text"])
             tags.append(obj["tags"])
-    users = (d / "users.txt").read_text(encoding="utf-8").splitlines()
+    # one id per "\n"-ended line, read back exactly: not str.splitlines, which also splits at
+    # \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029 inside an id
+    with open(d / "users.txt", encoding="utf-8", newline="") as fh:
+        users = fh.read().split("\n")[:-1]
     stats = json.loads((d / "stats.json").read_text())
     return Processed(splits, tokens, text, tags, users, stats)

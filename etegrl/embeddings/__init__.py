@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ..files import read_tensors
 
 PARTS = ("sasrec", "text", "tags", "file")
 
@@ -64,9 +66,12 @@ def load_feature_file(path: str | Path, n_items: int) -> torch.Tensor:
     if not path.is_file():
         raise EmbeddingError(f"feature_file: {path} not found")
     if path.suffix == ".npy":
-        matrix = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        try:
+            matrix = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (OSError, ValueError, TypeError) as err:
+            raise EmbeddingError(f"{path}: not a readable .npy matrix ({err})") from None
     elif path.suffix == ".safetensors":
-        tensors = load_file(str(path))
+        tensors = read_tensors(path, EmbeddingError)
         if len(tensors) != 1 and "embedding" not in tensors:
             raise EmbeddingError(f"{path}: holds {sorted(tensors)}; name the matrix 'embedding'")
         matrix = tensors.get("embedding", next(iter(tensors.values()))).float()
@@ -87,7 +92,9 @@ def load_embedding(path: str | Path, n_items: int | None = None) -> torch.Tensor
     path = Path(path)
     if not path.is_file():
         raise EmbeddingError(f"{path}: embedding file not found (run the prepare step)")
-    matrix = load_file(str(path))["embedding"]
+    matrix = read_tensors(path, EmbeddingError).get("embedding")
+    if matrix is None:
+        raise EmbeddingError(f"{path}: holds no tensor named 'embedding'")
     if n_items is not None:
         check_embedding(matrix, n_items, str(path))
     return matrix
