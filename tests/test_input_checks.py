@@ -80,7 +80,10 @@ def test_json_sequences_do_not_merge_1_and_quoted_1(tmp_path):
     (rl_main, ["epochs=0"], "key 'epochs' must be ≥ 1, got 0"),
 ])
 def test_out_of_range_values_name_their_key(tmp_path, capsys, main, args, message):
-    assert main([f"output_dir={tmp_path / 'out'}", *args]) == 2
+    # inputs that do not exist: were a check missing, the run would stop at once all the same
+    nowhere = [f"data_dir={tmp_path / 'none'}"] + (["format=json_sequences", "dataset=x.json"]
+                                                   if main is prepare_main else [])
+    assert main([f"output_dir={tmp_path / 'out'}", *nowhere, *args]) == 2
     assert message in one_error(capsys)
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
