@@ -21,9 +21,12 @@ trl's ``reward_weights``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import numbers
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -109,11 +112,40 @@ def reward_name(fn) -> str:
     return getattr(fn, "__name__", repr(fn))
 
 
-def score(fns, weights, prompts, completions, completion_ids, **kwargs):
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, name: str):
+    """Stop a reward call that runs longer than ``seconds`` (0 = no limit) with a
+    ``RewardError``. A SIGALRM timer: Unix, main thread only, as the training loop runs."""
+    if not seconds:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        raise RewardError("reward_timeout needs the main thread of a Unix process; set it to 0")
+
+    def expired(signum, frame):
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Timeout:
+        raise RewardError(f"reward function {name!r} ran longer than reward_timeout "
+                          f"({seconds:g} s)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def score(fns, weights, prompts, completions, completion_ids, *, timeout: float = 0.0, **kwargs):
     """Weighted sum of all reward functions → (totals, {name: per-completion values}).
 
-    A function that raises, returns the wrong length or a non-number is a ``RewardError``
-    naming it; ``None`` values count as 0 in the sum and are left out of that function's mean.
+    A function that raises, runs past ``timeout`` seconds (0 = no limit), returns the wrong
+    length or a value that is not a finite number is a ``RewardError`` naming it; ``None`` values count as 0 in the sum and are left out of that function's mean.
     """
     n = len(completions)
     totals = [0.0] * n
@@ -121,7 +153,10 @@ def score(fns, weights, prompts, completions, completion_ids, **kwargs):
     for fn, w in zip(fns, weights):
         name = reward_name(fn)
         try:
-            values = fn(prompts, completions, completion_ids, **kwargs)
+            with time_limit(timeout, name):
+                values = fn(prompts, completions, completion_ids, **kwargs)
+        except RewardError:
+            raise
         except Exception as err:  # noqa: BLE001 - the user's code: say which function failed
             raise RewardError(f"reward function {name!r} raised {err!r}") from err
         if not isinstance(values, (list, tuple)) or len(values) != n:

@@ -34,6 +34,7 @@ class RLConfig(EvalOptions, GRPOConfig):
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
     reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty) or path/to/file.py:function; weights in reward_weights.")
+    reward_timeout: float = option(0.0, "Seconds a reward function may take per call before the run stops with an error naming it (0 = no limit; Unix only).")
     patience: int = option(0, "Stop after this many validations without a better NDCG@10 (0 = never).")
     use_lora: bool = option(False, "Train LoRA adapters on the attention projections; merged on save.")
     lora_r: int = option(8, "LoRA rank.")
@@ -58,7 +59,7 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 2, "num_generations")  # a group of one has no advantage
         require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
                 "lora_alpha")
-        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay")
+        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "lora_dropout", high=1, below_high=True)
         super().__post_init__()  # trl checks that a batch holds whole groups

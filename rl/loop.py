@@ -101,7 +101,8 @@ class RLStage(Stage):
             "history": prompts, "popularity": self.popularity, "code_len": self.table.code_len,
         }
         totals, per_fn = rewards.score(self.reward_fns, self.reward_weights, prompts, flat_items,
-                                       codes.reshape(-1, codes.shape[-1]).tolist(), **kwargs)
+                                       codes.reshape(-1, codes.shape[-1]).tolist(),
+                                       timeout=self.cfg.reward_timeout, **kwargs)
         r = torch.tensor(totals, dtype=torch.float32, device=items.device).reshape(items.shape)
         r = torch.where(items > 0, r, torch.full_like(r, float("nan")))  # no item: no reward
         stats = {}

@@ -198,3 +198,36 @@ def test_report_on_a_damaged_log_or_results(tiny_data, trained_run, tmp_path, ca
 def test_readme_says_reward_files_are_code():
     text = (ROOT / "README.md").read_text()
     assert "A reward file is code." in text
+
+
+def test_reward_time_limit():
+    import signal
+    import time
+
+    args = ([[1]], [5, 6], [[1], [2]])
+
+    def slow(prompts, completions, completion_ids, **kwargs):
+        time.sleep(5)
+        return [1.0, 1.0]
+
+    def quick(prompts, completions, completion_ids, **kwargs):
+        return [1.0, 0.0]
+
+    start = time.perf_counter()
+    with pytest.raises(rewards.RewardError, match=r"'slow' ran longer than reward_timeout \(0.2 s\)"):
+        rewards.score([quick, slow], [1.0, 1.0], *args, timeout=0.2)
+    assert time.perf_counter() - start < 2
+    assert rewards.score([quick], [1.0], *args, timeout=0.2)[0] == [1.0, 0.0]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no timer left running
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None, signal.default_int_handler)
+
+
+def test_reward_time_limit_in_a_run(tiny_data, trained_run, tmp_path, capsys):
+    script = write(tmp_path / "r.py", "import time\n\ndef slow(prompts, completions, "
+                   "completion_ids, **kw):\n    time.sleep(30)\n    return [0.0] * len(completions)\n")
+    code = rl_main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                    f"output_dir={tmp_path / 'rl'}", "max_len=8", "num_generations=4",
+                    "per_device_train_batch_size=16", f"reward_funcs=[hit,{script}:slow]",
+                    "reward_timeout=0.5", "progress=false"])
+    assert code == 2
+    assert "reward function 'slow' ran longer than reward_timeout (0.5 s)" in one_error(capsys)
