@@ -87,15 +87,21 @@ def test_semantic_embedding_with_wrong_rows_or_nan(tiny_data, tmp_path, capsys, 
     assert ("expected" in message) if bad == "rows" else ("NaN" in message and "[5]" in message)
 
 
-def test_reward_function_that_raises_mid_run(tiny_data, trained_run, tmp_path, capsys):
+@pytest.mark.parametrize("body, extra, message", [
+    ("    raise ZeroDivisionError('no')\n", [], "reward function 'boom' raised ZeroDivisionError('no')"),
+    ("    import time\n    time.sleep(30)\n    return [0.0] * len(completions)\n",
+     ["reward_timeout=0.5"], "reward function 'boom' ran longer than reward_timeout (0.5 s)"),
+])
+def test_reward_function_that_raises_or_hangs_mid_run(tiny_data, trained_run, tmp_path, capsys,
+                                                      body, extra, message):
     script = write(tmp_path / "r.py", "def boom(prompts, completions, completion_ids, **kw):\n"
-                   "    raise ZeroDivisionError('no')\n")
+                   + body)
     code = rl_main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
                     f"output_dir={tmp_path / 'rl'}", "max_len=8", "num_generations=4",
                     "per_device_train_batch_size=16", f"reward_funcs=[hit,{script}:boom]",
-                    "progress=false"])
+                    "progress=false", *extra])
     assert code == 2
-    assert "reward function 'boom' raised ZeroDivisionError('no')" in one_error(capsys)
+    assert message in one_error(capsys)
 
 
 def test_resume_state_of_another_model(tiny_data, trained_run, tmp_path, capsys):

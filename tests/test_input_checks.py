@@ -221,13 +221,3 @@ def test_reward_time_limit():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no timer left running
     assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None, signal.default_int_handler)
 
-
-def test_reward_time_limit_in_a_run(tiny_data, trained_run, tmp_path, capsys):
-    script = write(tmp_path / "r.py", "import time\n\ndef slow(prompts, completions, "
-                   "completion_ids, **kw):\n    time.sleep(30)\n    return [0.0] * len(completions)\n")
-    code = rl_main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
-                    f"output_dir={tmp_path / 'rl'}", "max_len=8", "num_generations=4",
-                    "per_device_train_batch_size=16", f"reward_funcs=[hit,{script}:slow]",
-                    "reward_timeout=0.5", "progress=false"])
-    assert code == 2
-    assert "reward function 'slow' ran longer than reward_timeout (0.5 s)" in one_error(capsys)
