@@ -343,11 +343,34 @@ class Stage:
                                         exclude=self.exclude),
                    **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch")}}
         if self.procs.is_main:
+            paired = self.paired_with_start()
+            if paired:
+                results["paired_vs_start"] = paired
             (self.out / "results.json").write_text(json.dumps(results, indent=2))
         self.log(f"{self.name} test ({results['protocol']}): " + " ".join(
             f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
             + f" | distinct top-1 {test['distinct_top1']} | {train_seconds:.0f}s")
         return results
+
+    def paired_with_start(self) -> dict | None:
+        """For a stage that starts from a checkpoint whose stage wrote its test lists: the
+        per-user test difference (this − start) in NDCG@10 and Recall@10 with a 95% bootstrap
+        interval (users resampled), logged and kept in results.json."""
+        from .compare import compare
+
+        start = Path(getattr(self.cfg, "checkpoint", "") or ".").parent / "test_topk.jsonl"
+        if not getattr(self.cfg, "checkpoint", "") or not start.is_file():
+            return None
+        try:
+            paired = compare([(start, self.out / "test_topk.jsonl")])
+        except ValueError as err:  # another split or other users: nothing to pair
+            self.log(f"no paired comparison with the start ({err})")
+            return None
+        for name, r in paired.items():
+            self.log(f"{name} vs the start ({start.parent.name}): {r['a']:.4f} → {r['b']:.4f}, "
+                     f"per-user difference {r['mean']:+.4f} [95% interval {r['low']:+.4f}, "
+                     f"{r['high']:+.4f}] over {r['users']} users")
+        return paired
 
     def cleanup(self) -> None:
         if self.log_file is not None:

@@ -13,6 +13,7 @@ facts, one value per completion unless noted:
   history        the user's history (same as the prompt)
   popularity     item → training count, a tensor over item ids (shared, not per completion)
   code_len       codes per item (shared)
+  teacher_rank   the member's 0-based rank among all items by the teacher (with teacher=sasrec)
 
 ``None`` means "not applicable" (trl's convention): it counts as nothing in the weighted sum.
 Name built-ins by name, or your own as ``path/to/file.py:function``, in ``reward_funcs``, with
@@ -83,7 +84,15 @@ def novelty(prompts, completions, completion_ids, *, popularity, **kwargs):
     return [None if c == 0 else 1.0 - math.log1p(float(popularity[c])) / top for c in completions]
 
 
-BUILTIN = {f.__name__: f for f in (hit, rank_aware, ranking_penalty, prefix_match, novelty)}
+def teacher(prompts, completions, completion_ids, *, teacher_rank, **kwargs):
+    """NDCG-shaped credit from a teacher recommender (``teacher=sasrec``): 1 / log2(rank + 2)
+    for the member's 0-based rank in the teacher's list of all items; None where the teacher
+    gives no rank (no item, or a history item it never recommends)."""
+    return [None if r is None else 1.0 / math.log2(r + 2) for r in teacher_rank]
+
+
+BUILTIN = {f.__name__: f for f in (hit, rank_aware, ranking_penalty, prefix_match, novelty,
+                                   teacher)}
 
 
 def load_reward(spec: str):

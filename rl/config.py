@@ -33,7 +33,9 @@ class RLConfig(EvalOptions, GRPOConfig):
     group_source: Literal["beam", "sampling"] = option("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
-    reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty) or path/to/file.py:function; weights in reward_weights.")
+    reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher) or path/to/file.py:function; weights in reward_weights.")
+    teacher: Literal["none", "sasrec"] = option("none", "A scorer of every item for a history: sasrec = the prepare step's SASRec in data_dir (trained on training rows only). Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_items their members.")
+    teacher_items: int = option(0, "Replace the last N members of every group by the teacher's best items the group lacks (history items excluded where exclude_history is on), so that rewards can pull the policy toward items outside its beam. Needs teacher.")
     reward_timeout: float = option(0.0, "Seconds a reward function may take per call before the run stops with an error naming it (0 = no limit; Unix only).")
     patience: int = option(0, "Stop after this many validations without a better NDCG@10 (0 = never).")
     use_lora: bool = option(False, "Train LoRA adapters on the attention projections; merged on save.")
@@ -62,6 +64,9 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "lora_dropout", high=1, below_high=True)
+        require(self, 0, "teacher_items", high=self.num_generations)
+        if self.teacher == "none" and (self.teacher_items or "teacher" in self.reward_funcs):
+            raise ValueError("teacher_items and the 'teacher' reward need teacher=sasrec")
         super().__post_init__()  # trl checks that a batch holds whole groups
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "

@@ -26,6 +26,7 @@ from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.model import history_tokens
 from etegrl.stage import Stage
+from etegrl.teacher import Teacher, add_teacher_items
 from etegrl.training import RowEpochs, clip_gradients
 
 from .config import RLConfig
@@ -50,6 +51,9 @@ class RLStage(Stage):
         if cfg.use_lora:
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                    dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+        self.teacher = None
+        if cfg.teacher == "sasrec":
+            self.teacher = Teacher(cfg.data_dir, self.data.n_items, device=self.device)
         self.reward_fns = [rewards.load_reward(s) for s in cfg.reward_funcs]
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_fns)
         counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
@@ -69,7 +73,8 @@ class RLStage(Stage):
                                    num_training_steps=max(1, total))
 
     # ------------------------------------------------------------------ groups and rewards
-    def make_groups(self, hist: torch.Tensor, targets: torch.Tensor, encoded=None):
+    def make_groups(self, hist: torch.Tensor, targets: torch.Tensor, encoded=None,
+                    teacher_scores: torch.Tensor | None = None):
         cfg, g = self.cfg, self.cfg.num_generations
         beams = beam_search(self.model, self.table, hist, beam=g, logprob=cfg.logprob,
                             encoded=encoded, exclude=hist if self.exclude else None)
@@ -84,12 +89,14 @@ class RLStage(Stage):
                 distinct += [i for i in beam if i > 0 and i not in distinct][:g - len(distinct)]
                 rows.append(distinct + [0] * (g - len(distinct)))
             items = torch.tensor(rows, device=hist.device)
+        if cfg.teacher_items:  # what the policy would not find: the teacher's best items
+            items = add_teacher_items(items, teacher_scores, cfg.teacher_items)
         if cfg.inject_target:
             missing = ~(items == targets.unsqueeze(1)).any(1)
             items[missing, -1] = targets[missing]
         return items, self.table.codes[items]
 
-    def group_rewards(self, hist, targets, items, codes):
+    def group_rewards(self, hist, targets, items, codes, teacher_scores=None):
         g = items.shape[1]
         flat_items = items.reshape(-1).tolist()
         prompts = [[i for i in h if i] for h in hist.tolist() for _ in range(g)]
@@ -100,6 +107,10 @@ class RLStage(Stage):
             "group_items": [row for row in items.tolist() for _ in range(g)],
             "history": prompts, "popularity": self.popularity, "code_len": self.table.code_len,
         }
+        if teacher_scores is not None:  # each member's rank in the teacher's list (None: no item)
+            ranks = Teacher.ranks(teacher_scores).gather(1, items).reshape(-1).tolist()
+            usable = torch.isfinite(teacher_scores.gather(1, items)).reshape(-1).tolist()
+            kwargs["teacher_rank"] = [r if ok else None for r, ok in zip(ranks, usable)]
         totals, per_fn = rewards.score(self.reward_fns, self.reward_weights, prompts, flat_items,
                                        codes.reshape(-1, codes.shape[-1]).tolist(),
                                        timeout=self.cfg.reward_timeout, **kwargs)
@@ -141,8 +152,9 @@ class RLStage(Stage):
         # under bf16 the groups keep an fp32 encoder pass of their own
         encoded = None if cfg.bf16 else self.model.encode(tokens, mask)
         shared = None if encoded is None else encoded.detach()
-        items, codes = self.make_groups(hist, targets, shared)
-        r, stats = self.group_rewards(hist, targets, items, codes)
+        scores = None if self.teacher is None else self.teacher.scores(hist, self.exclude)
+        items, codes = self.make_groups(hist, targets, shared, scores)
+        r, stats = self.group_rewards(hist, targets, items, codes, scores)
         adv, zero_std = group_advantages(r, cfg.scale_rewards)
         valid = (items > 0).reshape(-1)
         flat = codes.reshape(-1, codes.shape[-1])
@@ -209,4 +221,5 @@ class RLStage(Stage):
         return {"from": cfg.checkpoint, "lora": cfg.use_lora, "group_source": cfg.group_source,
                 "reward_funcs": list(cfg.reward_funcs), "reward_weights": self.reward_weights,
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
+                "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
                 "codes": self.source_info.get("codes", {})}

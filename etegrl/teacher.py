@@ -1,0 +1,82 @@
+"""A teacher for GRPO: the prepare step's SASRec, which ranks every item for a history.
+
+The prepare step trains SASRec on the training rows only (full-softmax cross-entropy over all
+items) and keeps it in ``<data_dir>/sasrec_model.safetensors``; its sizes are in the data
+folder's ``prepare_config.yaml``. Here it scores group members (their rank among all items the
+teacher would recommend) and proposes items the policy's beam does not hold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from .embeddings import EmbeddingError
+from .embeddings.sasrec import SASRec
+from .files import read_tensors
+
+
+class Teacher:
+    """Frozen SASRec over a prepared data folder's items."""
+
+    def __init__(self, data_dir: str | Path, n_items: int, device="cpu"):
+        data_dir = Path(data_dir)
+        weights, config = data_dir / "sasrec_model.safetensors", data_dir / "prepare_config.yaml"
+        if not weights.is_file() or not config.is_file():
+            raise EmbeddingError(f"{data_dir}: no SASRec to teach with (sasrec_model.safetensors "
+                                 f"and prepare_config.yaml come from a prepare run with "
+                                 f"sasrec_epochs > 0)")
+        cfg = yaml.safe_load(config.read_text()) or {}
+        self.model = SASRec(n_items, hidden=cfg["sasrec_hidden"], layers=cfg["sasrec_layers"],
+                            heads=cfg["sasrec_heads"], dropout=0.0, max_len=cfg["max_len"])
+        try:
+            self.model.load_state_dict(read_tensors(weights, EmbeddingError), strict=True)
+        except RuntimeError as err:
+            raise EmbeddingError(f"{weights}: does not match {config} and {n_items} items "
+                                 f"({err})") from None
+        self.model.to(device).requires_grad_(False).eval()
+        self.n_items = n_items
+
+    @torch.no_grad()
+    def scores(self, hist: torch.Tensor, exclude: bool = False) -> torch.Tensor:
+        """Right-padded histories ``[B, L]`` → scores ``[B, n_items + 1]`` (column = item id;
+        column 0, and the history items when ``exclude``, are −inf)."""
+        hist = hist.to(next(self.model.parameters()).device)
+        hidden = self.model(hist[:, -self.model.max_len:])
+        last = (hist[:, -self.model.max_len:] > 0).sum(1).clamp(min=1) - 1
+        h = hidden[torch.arange(len(hist), device=hist.device), last]
+        s = self.model.item_scores(h)
+        s = torch.cat([s.new_full((len(hist), 1), float("-inf")), s], 1)
+        if exclude:
+            s = s.scatter(1, hist, float("-inf"))
+        s[:, 0] = float("-inf")
+        return s
+
+    @staticmethod
+    def ranks(scores: torch.Tensor) -> torch.Tensor:
+        """``[B, N+1]`` scores → each item's 0-based rank in its row (ties by lower item id)."""
+        order = torch.sort(-scores, dim=1, stable=True).indices
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device)
+                       .expand_as(order).contiguous())
+        return ranks
+
+
+def add_teacher_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Replace the last ``k`` members of each group ``[B, G]`` by the teacher's best items that
+    the rest of the group does not hold (items scored −inf, e.g. history items, are never
+    added); where the teacher has fewer such items, the replaced members stay."""
+    if k <= 0:
+        return items
+    g = items.shape[1]
+    k = min(k, g)
+    top = scores.topk(min(scores.shape[1], g + k), dim=1)
+    rows = []
+    for group, ids, vals in zip(items.tolist(), top.indices.tolist(), top.values.tolist()):
+        kept = group[:g - k]
+        extra = [i for i, v in zip(ids, vals) if v > float("-inf") and i not in kept][:k]
+        rest = [i for i in group[g - k:] if i not in extra][:k - len(extra)]
+        rows.append(kept + extra + rest)
+    return torch.tensor(rows, dtype=items.dtype, device=items.device)

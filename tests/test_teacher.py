@@ -1,0 +1,82 @@
+"""The SASRec teacher of the rl stage: its scores and ranks, the items it adds to groups, the
+``teacher`` reward, and a run that uses them."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+import rewards
+from etegrl.embeddings.sasrec import SASRec
+from etegrl.teacher import Teacher, add_teacher_items
+from rl.__main__ import main as rl_main
+
+
+def teacher_dir(tmp_path, tiny_data, n_items=30):
+    """The tiny data folder plus a small random SASRec, as a prepare run would leave it."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "data", data)
+    torch.manual_seed(0)
+    model = SASRec(n_items, hidden=8, layers=1, heads=1, dropout=0.0, max_len=8)
+    save_file(model.state_dict(), str(data / "sasrec_model.safetensors"))
+    (data / "prepare_config.yaml").write_text(yaml.safe_dump(
+        {"sasrec_hidden": 8, "sasrec_layers": 1, "sasrec_heads": 1, "max_len": 8}))
+    return data, model
+
+
+def test_teacher_scores_and_ranks(tiny_data, tmp_path):
+    data, model = teacher_dir(tmp_path, tiny_data)
+    teacher = Teacher(data, 30)
+    hist = torch.tensor([[3, 5, 7, 0], [2, 0, 0, 0]])
+    scores = teacher.scores(hist)
+    model.eval()
+    with torch.no_grad():
+        expected = model.item_scores(model(hist)[[0, 1], [2, 0]])
+    torch.testing.assert_close(scores[:, 1:], expected)
+    assert torch.isneginf(scores[:, 0]).all()
+    excluded = teacher.scores(hist, exclude=True)
+    assert torch.isneginf(excluded[0, [3, 5, 7]]).all() and torch.isneginf(excluded[1, 2])
+    assert torch.isfinite(excluded[0, [1, 2, 4]]).all()
+    ranks = Teacher.ranks(torch.tensor([[float("-inf"), 0.5, 2.0, 0.5, -1.0]]))
+    assert ranks.tolist() == [[4, 1, 0, 2, 3]]  # ties by lower item id; padding last
+
+
+def test_add_teacher_items_by_hand():
+    items = torch.tensor([[4, 1, 2, 3], [5, 6, 7, 8]])
+    scores = torch.full((2, 10), float("-inf"))
+    scores[0, [4, 2, 9, 6]] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # 4 stays in the group already
+    scores[1, 5] = 1.0  # only one usable item, and the group's first member holds it
+    out = add_teacher_items(items, scores, 2)
+    assert out.tolist() == [[4, 1, 2, 9], [5, 6, 7, 8]]
+    assert add_teacher_items(items, scores, 0) is items
+
+
+def test_teacher_reward_by_hand():
+    values = rewards.teacher([[1]] * 3, [4, 5, 0], [[1], [2], [0]], teacher_rank=[0, 6, None])
+    assert values == [1.0, pytest.approx(1 / 3), None]
+
+
+def test_teacher_needs_a_teacher(tmp_path, capsys):
+    assert rl_main([f"output_dir={tmp_path / 'rl'}", f"data_dir={tmp_path / 'none'}",
+                    "reward_funcs=[hit,teacher]", "reward_weights=[1,1]"]) == 2
+    assert "the 'teacher' reward need teacher=sasrec" in capsys.readouterr().err
+
+
+def test_rl_run_with_a_teacher(tiny_data, trained_run, tmp_path):
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    out = tmp_path / "rl"
+    assert rl_main([f"data_dir={data}", f"checkpoint={trained_run / 'best'}", f"output_dir={out}",
+                    "max_len=8", "num_generations=4", "per_device_train_batch_size=16",
+                    "teacher=sasrec", "teacher_items=2", "reward_funcs=[hit,teacher]",
+                    "reward_weights=[1.0,0.5]", "progress=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["teacher"] == "sasrec" and results["teacher_items"] == 2
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r.get("kind") == "grpo" and "step" in r]
+    assert steps and all(0 < r["reward/teacher/mean"] <= 1 for r in steps)
+    # the start (the pretrain stage) wrote its test lists: the paired comparison is kept
+    paired = results["paired_vs_start"]["ndcg@10"]
+    assert paired["users"] == 40 and paired["low"] <= paired["mean"] <= paired["high"]
