@@ -150,11 +150,14 @@ def _unknown_key_error(source: str, key: str, valid: list[str]) -> ConfigError:
 def build_config(cls: type[T], values: dict[str, Any], sources: dict[str, str]) -> T:
     """Instantiate ``cls`` from ``values``; ``sources`` maps each key to where it came from."""
     types_ = _field_types(cls)
+    refused = getattr(cls, "unused_field_error", None)  # inherited fields a stage does not read
     kwargs = {}
     for key, value in values.items():
         source = sources.get(key, "config")
         if key not in types_:
             raise _unknown_key_error(source, key, list(types_))
+        if refused is not None and (why := refused(key)):
+            raise ConfigError(f"{source}: {why}")
         try:
             kwargs[key] = _coerce(value, types_[key])
         except TypeError:
@@ -197,14 +200,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 def config_help(cls: type) -> str:
     lines = [f"Options of {cls.__name__} (set in the YAML file or as key=value):"]
     types_ = _field_types(cls)
+    refused = getattr(cls, "unused_field_error", None)
+    hidden = 0
     for f in dataclasses.fields(cls):
         if not f.init:
+            continue
+        if refused is not None and refused(f.name):
+            hidden += 1
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         lines.append(f"  {f.name} ({_type_name(types_[f.name])}, default {default!r})")
         if f.metadata.get("help"):
             lines.append(f"      {f.metadata['help']}")
+    if hidden:
+        lines.append(f"({hidden} inherited fields that this stage does not read are not listed; "
+                     f"setting one is an error naming it.)")
     return "\n".join(lines)
 
 

@@ -3,11 +3,12 @@ epsilon_high, loss_type, scale_rewards, num_iterations, learning_rate, reward_we
 temperature, weight_decay, lr_scheduler_type, warmup_steps, seed mean what trl's documentation
 says) plus what an encoder-decoder over item codes needs. Fields of TrainingArguments that
 steer trl's own Trainer loop (max_steps, num_train_epochs, logging/saving/eval strategies …)
-are not used: ``epochs`` and the validation options (``eval_every``, ``patience``, ...) steer
-this loop."""
+are not used — setting one is a config error naming it — ``epochs`` and the validation options
+(``eval_every``, ``patience``, ...) steer this loop."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,20 @@ from trl import GRPOConfig
 
 from etegrl.config import option, require
 from etegrl.stage import EvalOptions
+
+
+# GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
+TRL_FIELDS_USED = frozenset({
+    "epsilon", "epsilon_high", "scale_rewards", "num_iterations", "reward_weights",
+    "temperature", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "max_grad_norm"})
+# where a trl user finds what a refused field would have done
+TRL_FIELD_HINTS = {
+    "num_train_epochs": "use epochs", "max_steps": "use epochs and rows_per_user",
+    "eval_steps": "use eval_every (epochs)", "eval_strategy": "use eval_every (epochs)",
+    "save_steps": "use save_state_every (batches)", "save_strategy": "best/ is saved at each better validation",
+    "logging_steps": "every step is written to log.jsonl", "warmup_ratio": "warmup_steps < 1 is a share of the steps",
+    "gradient_accumulation_steps": "raise per_device_train_batch_size or the number of processes",
+}
 
 
 @dataclass
@@ -48,7 +63,7 @@ class RLConfig(EvalOptions, GRPOConfig):
     # TrainingArguments rebuilds accelerate's process state from this; without it, processes
     # started on a machine with no GPU would not join (each would believe it is alone)
     use_cpu: bool = option(not torch.accelerator.is_available(), "Train on the CPU (the default where no GPU or other accelerator is present).")
-    report_to: list[str] = option(["none"], "Integrations to report to (the JSONL log is always written).")
+    report_to: list[str] = option(["none"], "Trackers are not wired to this loop yet: none only (the JSONL log is always written; python -m etegrl.report draws its curves).")
     num_generations: int = option(16, "Group size G: distinct items per user (MiniOneRec uses 16).")
     per_device_train_batch_size: int = option(256, "Completions per step = users per step × num_generations.")
     learning_rate: float = option(1e-5, "AdamW learning rate.")
@@ -57,6 +72,7 @@ class RLConfig(EvalOptions, GRPOConfig):
 
     def __post_init__(self):
         # ours first: trl's own checks divide by num_generations and name no key
+        self.refuse_unused_trl_fields()
         self.check_eval()
         require(self, 2, "num_generations")  # a group of one has no advantage
         require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
@@ -64,6 +80,9 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "lora_dropout", high=1, below_high=True)
+        if [t for t in self.report_to if t != "none"]:
+            raise ValueError(f"key 'report_to': {self.report_to} is not supported yet, only "
+                             f"[none]: the loop writes log.jsonl (python -m etegrl.report draws it)")
         require(self, 0, "teacher_items", high=self.num_generations)
         if self.teacher == "none" and (self.teacher_items or "teacher" in self.reward_funcs):
             raise ValueError("teacher_items and the 'teacher' reward need teacher=sasrec")
@@ -72,6 +91,36 @@ class RLConfig(EvalOptions, GRPOConfig):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs")
 
+    @classmethod
+    def unused_field_error(cls, name: str) -> str | None:
+        """Why ``name`` may not be set: a trl or TrainingArguments field this loop does not
+        read (a trl user trusts those names; a value accepted and silently ignored is worse
+        than no field). None for a field the loop uses."""
+        if name in _ours() or name in TRL_FIELDS_USED or name not in _trl_fields():
+            return None
+        hint = TRL_FIELD_HINTS.get(name, "")
+        return (f"key '{name}' (a trl/TrainingArguments option) is not used by this GRPO loop"
+                f"{'; ' + hint if hint else ''}; remove it (the trl options it reads: "
+                f"{', '.join(sorted(TRL_FIELDS_USED))})")
+
+    def refuse_unused_trl_fields(self) -> None:
+        """Unused trl fields given values other than their defaults (the config files and
+        key=value overrides are checked by name, before this, by ``unused_field_error``)."""
+        for f in dataclasses.fields(GRPOConfig):
+            if f.init and self.unused_field_error(f.name):
+                default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                           else f.default)
+                if getattr(self, f.name) != default:
+                    raise ValueError(self.unused_field_error(f.name))
+
     @property
     def users_per_step(self) -> int:
         return self.per_device_train_batch_size // self.num_generations
+
+
+def _ours() -> set[str]:
+    return set(RLConfig.__annotations__) | {f.name for f in dataclasses.fields(EvalOptions)}
+
+
+def _trl_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(GRPOConfig) if f.init}

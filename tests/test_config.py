@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from etegrl.config import ConfigError, load_config, parse_args
+from etegrl.config import ConfigError, config_help, load_config, parse_args
 from tests.conftest import write
 
 
@@ -118,3 +118,34 @@ def test_large_tensors_come_from_the_heap_after_keep_freed_memory(monkeypatch):
     x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, over glibc's largest mmap threshold
     assert mallinfo2().hblkhd < mapped + 2 ** 20
     del x
+
+
+@pytest.mark.parametrize("override, key", [
+    ("max_steps=5", "max_steps"), ("num_train_epochs=3", "num_train_epochs"),  # 3 is trl's default
+    ("logging_steps=1", "logging_steps"), ("eval_steps=10", "eval_steps"), ("run_name=x", "run_name")])
+def test_trl_fields_the_rl_loop_does_not_read_are_refused(tmp_path, capsys, override, key):
+    from rl.__main__ import main
+
+    assert main([f"output_dir={tmp_path / 'rl'}", override]) == 2
+    err = capsys.readouterr().err
+    assert f"command line '{override}': key '{key}' (a trl/TrainingArguments option) is not used" in err
+    assert not (tmp_path / "rl").exists()
+
+
+def test_trl_fields_the_rl_loop_reads_are_accepted_and_listed(capsys):
+    import dataclasses
+
+    from rl.config import RLConfig, TRL_FIELDS_USED
+
+    cfg = load_config(RLConfig, None, ["epsilon=0.3", "max_grad_norm=0.5", "warmup_steps=3"])
+    assert (cfg.epsilon, cfg.max_grad_norm, cfg.warmup_steps) == (0.3, 0.5, 3)
+    with pytest.raises(ValueError, match="key 'max_steps'"):
+        RLConfig(max_steps=5)  # built in code, not from a file: the value check
+    with pytest.raises(ConfigError, match=r"key 'report_to': \['tensorboard'\] is not supported"):
+        load_config(RLConfig, None, ["report_to=[tensorboard]"])
+    text = config_help(RLConfig)
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ") and
+              not line.startswith("      ")}
+    assert TRL_FIELDS_USED <= listed and "max_steps" not in listed and "logging_dir" not in listed
+    assert listed == {f.name for f in dataclasses.fields(RLConfig)
+                      if f.init and not RLConfig.unused_field_error(f.name)}
