@@ -155,7 +155,8 @@ def build_config(cls: type[T], values: dict[str, Any], sources: dict[str, str]) 
     for key, value in values.items():
         source = sources.get(key, "config")
         if key not in types_:
-            raise _unknown_key_error(source, key, list(types_))
+            usable = [k for k in types_ if refused is None or not refused(k)]
+            raise _unknown_key_error(source, key, usable)
         if refused is not None and (why := refused(key)):
             raise ConfigError(f"{source}: {why}")
         try:

@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import option, require
+from .config import config_values, option, require
 from .data import exclude_history, item_counts, load_processed, write_topk
 from .distributed import Processes, keep_freed_memory, set_threads
 from .evaluation import evaluate_generative, protocol
 from .metrics import most_popular
 from .resume import load_state, rng_state, save_state, set_rng_state
+from .tracking import Trackers, check_report_to
 from .training import EarlyStopping, clip_gradients
 
 
@@ -50,8 +51,11 @@ class EvalOptions:
     progress: bool = option(True, "Show progress bars.")
     threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
     save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
+    report_to: list[str] = option(["none"], "Trackers that also get every logged scalar, the config and the test metrics: tensorboard, trackio, wandb, mlflow (offline unless your environment says otherwise; files under output_dir/trackers), or none. log.jsonl is always written.")
+    run_name: str = option("", "The run's name in the trackers (empty = the output folder's name).")
 
     def check_eval(self) -> None:
+        check_report_to(self.report_to)
         require(self, 1, "eval_every", "beam", "eval_batch_size")
         require(self, 0, "patience", "valid_users", "threads", "save_state_every")
 
@@ -84,6 +88,7 @@ class Stage:
         self.out = Path(cfg.output_dir)
         self.step = 0
         self.log_file = None
+        self.trackers = None
         self.resume_state = None
         self.procs = None
         self.share = 1.0  # this process's part of the current global batch
@@ -159,12 +164,15 @@ class Stage:
             with open(path, "a") as f:
                 f.truncate(self.resume_state["log_offset"])
             self.log_file = open(path, "a")
+        self.trackers = Trackers(self.cfg.report_to, run_name=self.cfg.run_name or self.out.name,
+                                 out_dir=self.out, config=config_values(self.cfg))
 
     def write_log(self, record: dict) -> None:
         if self.log_file is None:
             return
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
+        self.trackers.log(record, step=record.get("step", self.step))
 
     def epoch_batches(self, epoch: int):
         """This epoch's training batches from ``self.rows``; a resumed epoch starts after the
@@ -343,6 +351,7 @@ class Stage:
                                         exclude=self.exclude),
                    **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch")}}
         if self.procs.is_main:
+            self.trackers.log({"test": test}, step=self.step)
             paired = self.paired_with_start()
             if paired:
                 results["paired_vs_start"] = paired
@@ -373,6 +382,9 @@ class Stage:
         return paired
 
     def cleanup(self) -> None:
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None

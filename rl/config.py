@@ -63,7 +63,7 @@ class RLConfig(EvalOptions, GRPOConfig):
     # TrainingArguments rebuilds accelerate's process state from this; without it, processes
     # started on a machine with no GPU would not join (each would believe it is alone)
     use_cpu: bool = option(not torch.accelerator.is_available(), "Train on the CPU (the default where no GPU or other accelerator is present).")
-    report_to: list[str] = option(["none"], "Trackers are not wired to this loop yet: none only (the JSONL log is always written; python -m etegrl.report draws its curves).")
+    report_to: list[str] = option(["none"], "Trackers that also get every logged scalar, the config and the test metrics: tensorboard, trackio, wandb, mlflow (offline unless your environment says otherwise; files under output_dir/trackers), or none. log.jsonl is always written.")
     num_generations: int = option(16, "Group size G: distinct items per user (MiniOneRec uses 16).")
     per_device_train_batch_size: int = option(256, "Completions per step = users per step × num_generations.")
     learning_rate: float = option(1e-5, "AdamW learning rate.")
@@ -80,9 +80,6 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "lora_dropout", high=1, below_high=True)
-        if [t for t in self.report_to if t != "none"]:
-            raise ValueError(f"key 'report_to': {self.report_to} is not supported yet, only "
-                             f"[none]: the loop writes log.jsonl (python -m etegrl.report draws it)")
         require(self, 0, "teacher_items", high=self.num_generations)
         if self.teacher == "none" and (self.teacher_items or "teacher" in self.reward_funcs):
             raise ValueError("teacher_items and the 'teacher' reward need teacher=sasrec")

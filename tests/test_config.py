@@ -122,7 +122,8 @@ def test_large_tensors_come_from_the_heap_after_keep_freed_memory(monkeypatch):
 
 @pytest.mark.parametrize("override, key", [
     ("max_steps=5", "max_steps"), ("num_train_epochs=3", "num_train_epochs"),  # 3 is trl's default
-    ("logging_steps=1", "logging_steps"), ("eval_steps=10", "eval_steps"), ("run_name=x", "run_name")])
+    ("logging_steps=1", "logging_steps"), ("eval_steps=10", "eval_steps"),
+    ("save_steps=10", "save_steps")])
 def test_trl_fields_the_rl_loop_does_not_read_are_refused(tmp_path, capsys, override, key):
     from rl.__main__ import main
 
@@ -141,11 +142,12 @@ def test_trl_fields_the_rl_loop_reads_are_accepted_and_listed(capsys):
     assert (cfg.epsilon, cfg.max_grad_norm, cfg.warmup_steps) == (0.3, 0.5, 3)
     with pytest.raises(ValueError, match="key 'max_steps'"):
         RLConfig(max_steps=5)  # built in code, not from a file: the value check
-    with pytest.raises(ConfigError, match=r"key 'report_to': \['tensorboard'\] is not supported"):
-        load_config(RLConfig, None, ["report_to=[tensorboard]"])
+    with pytest.raises(ConfigError, match=r"key 'report_to': \['neptune'\] not supported"):
+        load_config(RLConfig, None, ["report_to=[neptune]"])
+    assert load_config(RLConfig, None, ["report_to=[tensorboard]", "run_name=x"]).run_name == "x"
     text = config_help(RLConfig)
     listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ") and
               not line.startswith("      ")}
-    assert TRL_FIELDS_USED <= listed and "max_steps" not in listed and "logging_dir" not in listed
+    assert TRL_FIELDS_USED <= listed and "max_steps" not in listed and "save_steps" not in listed
     assert listed == {f.name for f in dataclasses.fields(RLConfig)
                       if f.init and not RLConfig.unused_field_error(f.name)}

@@ -123,3 +123,27 @@ def test_bf16_autocast_trains_fp32_weights_on_close_losses(tiny_data, trained_ru
     assert not torch.equal(before["encoder.block.0.layer.0.SelfAttention.q.weight"],
                            stage.model.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"])
     stage.cleanup()
+
+
+def test_trackers_get_the_logged_scalars(tiny_data, trained_run, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package (test extra) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "ft"
+    assert main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                 f"output_dir={out}", "max_len=8", "epochs=2", "batch_size=16", "progress=false",
+                 "report_to=[tensorboard]", "run_name=tiny-ft"]) == 0
+    runs = list((out / "trackers" / "tiny-ft").glob("events.out.tfevents.*"))
+    assert runs, list((out / "trackers").rglob("*"))
+    events = EventAccumulator(str(out / "trackers" / "tiny-ft"))
+    events.Reload()
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "step" in r]
+    code = [(e.step, e.value) for e in events.Scalars("code")]
+    assert [s for s, _ in code] == [r["step"] for r in steps]
+    assert [v for _, v in code] == pytest.approx([r["code"] for r in steps], rel=1e-6)
+    valid = [r for r in logged if "valid" in r]
+    assert [e.value for e in events.Scalars("valid/ndcg@10")] == pytest.approx(
+        [r["valid"]["ndcg@10"] for r in valid], rel=1e-6)
+    test = json.loads((out / "results.json").read_text())["test"]
+    assert events.Scalars("test/recall@10")[-1].value == pytest.approx(test["recall@10"], rel=1e-6)
