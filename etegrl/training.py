@@ -21,7 +21,8 @@ class RowEpochs:
     """
 
     def __init__(self, split, *, batch_size: int, max_len: int, rows_per_user: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, recent: bool = False):
+        self.recent = recent  # with rows_per_user: each user's last rows, not a random draw
         self.histories = [h[-max_len:] for h in split["history"]]
         self.targets = np.asarray(split["target"])
         self.users = np.asarray(split["user"])
@@ -38,7 +39,7 @@ class RowEpochs:
     def epoch(self, device="cpu", skip: int = 0):
         """The batches of one epoch; ``skip`` leaves out the first ones (a resumed epoch)."""
         self.epoch_start_state = copy.deepcopy(self.rng.bit_generator.state)
-        keep = capped_row_indices(self.users, self.rows_per_user, self.rng)
+        keep = capped_row_indices(self.users, self.rows_per_user, self.rng, recent=self.recent)
         batches = length_bucketed_batches(self.lengths[keep], self.batch_size, self.rng)
         for batch in batches[skip:]:
             rows = keep[batch]
@@ -110,7 +111,7 @@ class SequenceEpochs:
 
     def epoch(self, device="cpu", skip: int = 0):
         self.epoch_start_state = copy.deepcopy(self.rng.bit_generator.state)
-        keep = capped_row_indices(self.users, self.rows_per_user, self.rng)
+        keep = capped_row_indices(self.users, self.rows_per_user, self.rng, recent=self.recent)
         batches = length_bucketed_batches(self.lengths[keep], self.batch_size, self.rng)
         for batch in batches[skip:]:
             items, targets = zip(*(self.window(i) for i in keep[batch]))

@@ -45,6 +45,7 @@ class RLConfig(EvalOptions, GRPOConfig):
     max_len: int = option(50, "History items the policy reads (the last ones).")
     epochs: int = option(1, "Passes over the training rows (each capped by rows_per_user).")
     rows_per_user: int = option(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
+    prompt_rows: Literal["random", "recent"] = option("random", "Which rows_per_user rows: drawn at random each epoch, or each user's most recent training rows (the histories closest to validation and test).")
     group_source: Literal["beam", "sampling"] = option("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")

@@ -62,7 +62,8 @@ class RLStage(Stage):
         # trl's per_device_train_batch_size: each process gets users_per_step users a step
         self.rows = RowEpochs(self.data.splits["train"],
                               batch_size=cfg.users_per_step * self.procs.world,
-                              max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed)
+                              max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
+                              recent=cfg.prompt_rows == "recent")
         self.open_log()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

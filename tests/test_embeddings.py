@@ -90,7 +90,21 @@ def test_capped_rows_and_buckets():
     idx = capped_row_indices(users, 2, rng)
     assert np.bincount(users[idx]).tolist() == [2, 1, 2]
     assert capped_row_indices(users, 0, rng).tolist() == list(range(8))
+    state = rng.bit_generator.state
+    assert capped_row_indices(users, 2, rng, recent=True).tolist() == [1, 2, 3, 6, 7]
+    assert rng.bit_generator.state == state  # the most recent rows take no draw
     batches = length_bucketed_batches([5, 1, 4, 2, 3, 6], 2, rng)
     assert sorted(np.concatenate(batches).tolist()) == list(range(6))
     lengths = np.array([5, 1, 4, 2, 3, 6])
     assert sorted(tuple(sorted(lengths[b])) for b in batches) == [(1, 2), (3, 4), (5, 6)]
+
+
+def test_row_epochs_can_serve_each_users_most_recent_rows():
+    from etegrl.training import RowEpochs
+
+    split = {"history": [[1], [1, 2], [1, 2, 3], [4], [4, 5]], "target": [2, 3, 4, 5, 6],
+             "user": [0, 0, 0, 1, 1]}
+    rows = RowEpochs(split, batch_size=10, max_len=5, rows_per_user=1, recent=True)
+    for _ in range(2):  # the same rows every epoch
+        (hist, targets), = list(rows.epoch())
+        assert sorted(targets.tolist()) == [4, 6]

@@ -7,8 +7,10 @@ import numpy as np
 import torch
 
 
-def capped_row_indices(users: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of at most ``cap`` rows per user, drawn afresh each call (0 = keep all rows).
+def capped_row_indices(users: np.ndarray, cap: int, rng: np.random.Generator,
+                       recent: bool = False) -> np.ndarray:
+    """Indices of at most ``cap`` rows per user, drawn afresh each call (0 = keep all rows);
+    ``recent``: each user's last ``cap`` rows instead (a user's rows are in time order).
 
     Users with many interactions otherwise dominate an epoch of prefix rows; redrawing each
     epoch keeps every prefix reachable over a run.
@@ -16,7 +18,7 @@ def capped_row_indices(users: np.ndarray, cap: int, rng: np.random.Generator) ->
     users = np.asarray(users)
     if cap <= 0:
         return np.arange(len(users))
-    order = rng.permutation(len(users))
+    order = np.arange(len(users))[::-1] if recent else rng.permutation(len(users))
     # Stable sort by user keeps the random order within each user; then keep the first `cap`.
     order = order[np.argsort(users[order], kind="stable")]
     sorted_users = users[order]
