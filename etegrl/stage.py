@@ -43,6 +43,7 @@ class EvalOptions:
 
     eval_every: int = option(1, "Validate every N epochs (and after the last).")
     patience: int = option(10, "Stop after this many validations without a better NDCG@10 (0 = never).")
+    time_budget: float = option(0.0, "Stop training after the first epoch that ends past this many seconds (validating it), whatever epochs says; 0 = no budget. With patience, a budget instead of an epoch count fitted to one dataset.")
     beam: int = option(20, "Beam size of evaluation.")
     eval_batch_size: int = option(128, "Users per beam-search batch.")
     valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
@@ -57,7 +58,7 @@ class EvalOptions:
     def check_eval(self) -> None:
         check_report_to(self.report_to)
         require(self, 1, "eval_every", "beam", "eval_batch_size")
-        require(self, 0, "patience", "valid_users", "threads", "save_state_every")
+        require(self, 0, "patience", "valid_users", "threads", "save_state_every", "time_budget")
 
 
 @dataclass
@@ -110,6 +111,11 @@ class Stage:
     def checkpoint_info(self) -> dict:
         """Facts saved with each best checkpoint and copied into results.json."""
         return {}
+
+    def may_stop_after(self, epoch: int) -> bool:
+        """Whether a time budget may end the run after this epoch (pretraining: not right
+        after a tokenizer epoch, whose new codes the recommender has not trained on)."""
+        return True
 
     def state_objects(self) -> dict:
         """What the resumable state holds by ``state_dict``: trained modules, optimisers,
@@ -324,7 +330,9 @@ class Stage:
                 break
             t0 = time.perf_counter()
             kind = self.run_epoch(epoch)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
+            spent = (cfg.time_budget > 0 and time.perf_counter() - self.t_start >= cfg.time_budget
+                     and self.may_stop_after(epoch))
+            if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or spent:
                 valid = self.evaluate("valid", cfg.valid_users)
                 losses = " ".join(f"{k} {v:.4f}" for k, v in self.last_epoch_losses.items())
                 self.log(f"epoch {epoch:3d} {kind:11s} {losses} | valid recall@10 "
@@ -339,6 +347,12 @@ class Stage:
                     self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} "
                              f"evaluations")
             self.save_state(epoch + 1, 0)
+            if spent and epoch < cfg.epochs - 1:
+                self.log(f"time budget of {cfg.time_budget:g} s spent after epoch {epoch}: "
+                         f"training stops")
+                self.write_log({"epoch": epoch, "kind": "budget_spent",
+                                "seconds": time.perf_counter() - self.t_start})
+                break
         start = self.t_start
         best_epoch = self.best_epoch
         train_seconds = time.perf_counter() - start

@@ -129,6 +129,9 @@ class PretrainStage(Stage):
         self.code_stats = {**self.table.stats(), "reassigned_items": moved}
 
     # ------------------------------------------------------------------ epochs
+    def may_stop_after(self, epoch: int) -> bool:
+        return self.epoch_kind(epoch) != "tokenizer"
+
     def epoch_kind(self, epoch: int) -> str:
         if self.cfg.mode == "tiger":
             return "tiger"

@@ -142,3 +142,23 @@ def test_report_table_and_curves(trained_run, tmp_path, capsys):
     png = trained_run / "curves.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     assert f"curves: {root / 'pretrain' / 'curves.png'}" in capsys.readouterr().out
+
+
+def test_time_budget_stops_after_a_recommender_epoch(tiny_data, tmp_path):
+    """A budget already spent after the first epoch: pretraining still does not stop right
+    after a tokenizer epoch (its new codes untrained), it validates the epoch it stops at."""
+    import json
+
+    from pretrain.__main__ import main
+
+    out = tmp_path / "pt"
+    assert main([f"data_dir={tiny_data / 'data'}", f"output_dir={out}", "d_model=32", "d_ff=64",
+                 "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16", "max_len=8",
+                 "code_num=8", "e_dim=8", "tok_hidden=[32]", "tokenizer_pretrain_epochs=2",
+                 "epochs=8", "warmup_epochs=0", "cycle=2", "eval_every=2", "batch_size=64",
+                 "time_budget=0.001", "progress=false"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sorted({r["epoch"] for r in records if "step" in r}) == [0, 1]  # 0 is a tokenizer epoch
+    assert [r["epoch"] for r in records if "valid" in r] == [1]
+    assert records[-1]["kind"] == "budget_spent" and records[-1]["epoch"] == 1
+    assert json.loads((out / "results.json").read_text())["best_epoch"] == 1
