@@ -111,7 +111,7 @@ class SequenceEpochs:
 
     def epoch(self, device="cpu", skip: int = 0):
         self.epoch_start_state = copy.deepcopy(self.rng.bit_generator.state)
-        keep = capped_row_indices(self.users, self.rows_per_user, self.rng, recent=self.recent)
+        keep = capped_row_indices(self.users, self.rows_per_user, self.rng)
         batches = length_bucketed_batches(self.lengths[keep], self.batch_size, self.rng)
         for batch in batches[skip:]:
             items, targets = zip(*(self.window(i) for i in keep[batch]))
