@@ -9,6 +9,7 @@ are not used — setting one is a config error naming it — ``epochs`` and the 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,7 +85,10 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 0, "teacher_items", high=self.num_generations)
         if self.teacher == "none" and (self.teacher_items or "teacher" in self.reward_funcs):
             raise ValueError("teacher_items and the 'teacher' reward need teacher=sasrec")
-        super().__post_init__()  # trl checks that a batch holds whole groups
+        with warnings.catch_warnings():  # transformers warns about a field trl sets, not the user
+            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            super().__post_init__()  # trl checks that a batch holds whole groups
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs")
