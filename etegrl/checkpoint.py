@@ -9,10 +9,11 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .codes import CodeTable
-from .files import read_tensors
+from .files import read_tensors, unreadable
 from .model import ETEGRecModel
 from .tokenizer import RQVAE
 
@@ -83,9 +84,10 @@ def load_checkpoint(path: str | Path, device="cpu") -> dict:
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint (missing {', '.join(missing)})")
-    read_tensors(path / "model.safetensors", CheckpointError)  # a damaged file: one clear line
     try:
         model, report = ETEGRecModel.from_pretrained(path, output_loading_info=True)
+    except SafetensorError as err:  # truncated or foreign weights
+        raise unreadable(path / "model.safetensors", err, CheckpointError) from None
     except (OSError, ValueError) as err:  # e.g. a config.json that is not JSON
         raise CheckpointError(f"{path}: the model does not load ({err})") from None
     bad = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys",

@@ -15,5 +15,10 @@ def read_tensors(path: str | Path, error: type[Exception]) -> dict[str, torch.Te
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise error(f"{path}: not a readable safetensors file ({err}); it may be damaged or "
-                    f"partly written — produce it again") from None
+        raise unreadable(path, err, error) from None
+
+
+def unreadable(path: str | Path, err: Exception, error: type[Exception]) -> Exception:
+    """The one-line error for a safetensors file that does not load."""
+    return error(f"{path}: not a readable safetensors file ({err}); it may be damaged or "
+                 f"partly written — produce it again")

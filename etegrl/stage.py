@@ -3,29 +3,27 @@ best checkpoint by validation NDCG@10, early stopping, the test evaluation, the 
 
 A stage subclasses ``Stage`` (torchtune-style ``setup`` / ``train`` / ``cleanup``) and fills
 in ``setup`` and ``run_epoch``; its config needs the fields used here (epochs, eval_every,
-patience, beam, eval_batch_size, logprob, max_len, valid_users, progress).
+patience, beam, eval_batch_size, logprob, max_len, valid_users, progress: ``etegrl.options``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import config_values, option, require
+from .config import config_values
 from .data import exclude_history, item_counts, load_processed, write_topk
 from .distributed import Processes, keep_freed_memory, set_threads
 from .evaluation import evaluate_generative, protocol
 from .metrics import most_popular
 from .resume import load_state, rng_state, save_state, set_rng_state
-from .tracking import Trackers, check_report_to
+from .tracking import Trackers
 from .training import EarlyStopping, clip_gradients
 
 
@@ -35,49 +33,6 @@ def _native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-@dataclass
-class EvalOptions:
-    """Validation and selection options shared by the training stages' configs."""
-
-    eval_every: int = option(1, "Validate every N epochs (and after the last).")
-    patience: int = option(10, "Stop after this many validations without a better NDCG@10 (0 = never).")
-    time_budget: float = option(0.0, "Stop training after the first epoch that ends past this many seconds (validating it), whatever epochs says; 0 = no budget. With patience, a budget instead of an epoch count fitted to one dataset.")
-    beam: int = option(20, "Beam size of evaluation.")
-    eval_batch_size: int = option(128, "Users per beam-search batch.")
-    valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
-    exclude_history: Literal["auto", "always", "never"] = option("auto", "Never recommend an item already in the user's history: always, never, or auto = when no training target repeats an item of its own history (ratings data such as MovieLens). Applies to validation, test and generated groups; the prepare step's baselines follow the same rule.")
-    logprob: Literal["full", "trie"] = option("full", "Code distribution of the training loss, beam scores and GRPO log-probabilities: softmax over all codes (full), or over the trie's valid codes only (trie: the loss is then the item's likelihood among valid items, and the model need not learn which codes exist).")
-    progress: bool = option(True, "Show progress bars.")
-    threads: int = option(0, "CPU threads per process (0 = the machine's cores divided among the processes on it).")
-    save_state_every: int = option(50, "Also save the resumable state every N training batches within an epoch (it is always saved at each epoch's end); 0 = epoch ends only.")
-    report_to: list[str] = option(["none"], "Trackers that also get every logged scalar, the config and the test metrics: tensorboard, trackio, wandb, mlflow (offline unless your environment says otherwise; files under output_dir/trackers), or none. log.jsonl is always written.")
-    run_name: str = option("", "The run's name in the trackers (empty = the output folder's name).")
-
-    def check_eval(self) -> None:
-        check_report_to(self.report_to)
-        require(self, 1, "eval_every", "beam", "eval_batch_size")
-        require(self, 0, "patience", "valid_users", "threads", "save_state_every", "time_budget")
-
-
-@dataclass
-class TrainOptions:
-    """Options of the supervised training stages (pretrain, finetune)."""
-
-    train_on: Literal["rows", "sequences"] = option("rows", "rows: one prefix row (history → next item) per example, as the official ETEGRec; sequences: windows of whole training sequences, one causal-encoder pass predicting the next item after every position (needs a recommender with causal_encoder=true).")
-    window_stride: int = option(0, "train_on=sequences: windows of max_len items start every window_stride items (0 = max_len, disjoint windows); each scored target reads at least max_len - window_stride + 1 items of history.")
-    max_grad_norm: float = option(1.0, "Clip gradients to this total L2 norm (the official code: 1.0); 0 = no clipping.")
-    warmup_steps: int = option(0, "Linear warm-up steps before the cosine decay (capped at the run's steps); 0 = use warmup_ratio.")
-
-    def check_training(self) -> None:
-        """Ranges of the options every supervised stage has (called by ``__post_init__``)."""
-        self.check_eval()
-        require(self, 1, "epochs", "batch_size", "max_len")
-        require(self, 0, "rows_per_user", "max_grad_norm", "warmup_steps", "weight_decay")
-        require(self, 0, "warmup_ratio", high=1)
-        if self.window_stride < 0 or self.window_stride > self.max_len:
-            raise ValueError(f"window_stride must be in 0..max_len ({self.max_len})")
 
 
 class Stage:
@@ -381,8 +336,9 @@ class Stage:
         interval (users resampled), logged and kept in results.json."""
         from .compare import compare
 
-        start = Path(getattr(self.cfg, "checkpoint", "") or ".").parent / "test_topk.jsonl"
-        if not getattr(self.cfg, "checkpoint", "") or not start.is_file():
+        checkpoint = getattr(self.cfg, "checkpoint", "")
+        start = Path(checkpoint).parent / "test_topk.jsonl"
+        if not checkpoint or not start.is_file():
             return None
         try:
             paired = compare([(start, self.out / "test_topk.jsonl")])

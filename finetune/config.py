@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etegrl.config import option, require
-from etegrl.stage import EvalOptions, TrainOptions
+from etegrl.options import EvalOptions, TrainOptions
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from etegrl.config import option, require
-from etegrl.stage import EvalOptions, TrainOptions
+from etegrl.options import EvalOptions, TrainOptions
 
 
 @dataclass

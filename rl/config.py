@@ -17,7 +17,7 @@ import torch
 from trl import GRPOConfig
 
 from etegrl.config import option, require
-from etegrl.stage import EvalOptions
+from etegrl.options import EvalOptions
 
 
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
