@@ -134,10 +134,12 @@ def plot_stage(stage_dir: Path) -> Path | None:
     left.set_yscale("symlog", linthresh=1e-3)
     left.legend()
     left.set_title(f"{stage_dir.name}: training")
+    by_step = bool(valid) and all("after_step" in r for r in valid)  # older logs: epochs only
     for key in ("recall@10", "ndcg@10"):
-        right.plot([r["epoch"] for r in valid], [r["valid"][key] for r in valid], marker="o",
-                   label=f"valid {key}")
-    right.set_xlabel("epoch (-1: before training)")
+        right.plot([r["after_step" if by_step else "epoch"] for r in valid],
+                   [r["valid"][key] for r in valid], marker="o", label=f"valid {key}")
+    right.set_xlabel("optimiser step (0: before training)" if by_step
+                     else "epoch (-1: before training)")
     right.legend()
     right.set_title(f"{stage_dir.name}: validation")
     fig.tight_layout()

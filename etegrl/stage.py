@@ -27,6 +27,12 @@ from .tracking import Trackers
 from .training import EarlyStopping, clip_gradients
 
 
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` (> 0) lies in (before, after]: a step-counted event is
+    due after a batch that took the step count from ``before`` to ``after``."""
+    return bool(every) and after // every > before // every
+
+
 def _native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (oneDNN's own check; False if unknown)."""
     try:
@@ -53,7 +59,15 @@ class Stage:
         self.epoch_n = 0
         self.stopper = EarlyStopping(cfg.patience)
         self.best_epoch = -1
-        self.t_start = time.perf_counter()
+        self.best_step = -1
+        self.t_start = self.epoch_t0 = time.perf_counter()
+        # counted in optimiser steps; a stage whose config has trl's names sets them in setup
+        self.max_steps = 0  # stop after this many steps (0 = when the epochs end)
+        self.eval_steps = 0  # validate every N steps instead of every eval_every epochs
+        self.save_steps = 0  # also save the resumable state every N steps
+        self.logging_steps = 1  # one log record per N steps: the means over them
+        self.valid_step = -1  # step of the last validation
+        self.window: dict = {"sums": {}, "n": 0, "logged_step": 0}  # steps not yet logged
 
     # ---- hooks ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -135,27 +149,54 @@ class Stage:
         self.log_file.flush()
         self.trackers.log(record, step=record.get("step", self.step))
 
-    def epoch_batches(self, epoch: int):
+    def training_done(self) -> bool:
+        """Early stopping has fired, or ``max_steps`` optimiser steps are done."""
+        return self.stopper.stop or bool(self.max_steps and self.step >= self.max_steps)
+
+    def epoch_batches(self, epoch: int, kind: str = "train"):
         """This epoch's training batches from ``self.rows``; a resumed epoch starts after the
-        batches done before the kill, and the state is saved every ``save_state_every``."""
+        batches done before the kill. After each batch: a validation when ``eval_steps`` is due,
+        the resumable state every ``save_state_every`` batches or ``save_steps`` steps; no
+        batch once ``training_done``."""
         skip, self.skip = self.skip, 0
         if not skip:
             self.epoch_sums, self.epoch_n = {}, 0
         total, every = self.rows.batches_per_epoch(), self.cfg.save_state_every
         for i, (hist, targets) in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
+            if self.training_done():
+                return
             part = self.procs.share(len(targets))  # all of it in one process
             self.share = (part.stop - part.start) / len(targets)
             self.batch_targets = targets  # the whole global batch's, for losses over its items
+            before = self.step
             yield hist[part], targets[part]  # the caller trains on it before asking for the next
-            if every and (i + 1) % every == 0 and i + 1 < total:
+            if _crossed(before, self.step, self.eval_steps):
+                self.validate(epoch, kind)
+            due = (every and (i + 1) % every == 0) or _crossed(before, self.step, self.save_steps)
+            if due and i + 1 < total:
                 self.save_state(epoch, i + 1)
 
     def record(self, epoch: int, kind: str, values: dict) -> None:
-        """Log one training step and add it to the epoch's means."""
-        self.write_log({"epoch": epoch, "step": self.step, "kind": kind, **values})
+        """Add one training batch's values to the epoch's means and to the log window; the
+        window is written (its means) once ``logging_steps`` steps have passed since the last
+        record, and at the end of each epoch (``epoch_means``)."""
+        window = self.window
         for k, v in values.items():
             self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+            window["sums"][k] = window["sums"].get(k, 0.0) + v
         self.epoch_n += 1
+        window["n"] += 1
+        window["epoch"], window["kind"] = epoch, kind
+        if _crossed(window["logged_step"], self.step, self.logging_steps):
+            self.flush_window()
+
+    def flush_window(self) -> None:
+        window = self.window
+        if window["n"]:
+            means = {k: v / window["n"] for k, v in window["sums"].items()}
+            self.write_log({"epoch": window["epoch"], "step": self.step, "kind": window["kind"],
+                            **means})
+        self.window = {"sums": {}, "n": 0, "logged_step": self.step}
 
     def code_mask(self, target_codes: torch.Tensor) -> torch.Tensor | None:
         """With ``logprob=trie`` the code loss's softmax runs over the trie's valid codes, the
@@ -183,20 +224,27 @@ class Stage:
                 losses = loss_fn(*batch)
                 (losses["total"] * self.share).backward()
                 values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in losses.items()}
-            params = [p for group in opt.param_groups for p in group["params"]]
-            self.procs.sync_gradients(params)
-            norm = clip_gradients(params, getattr(self.cfg, "max_grad_norm", 0.0))
+            norm = self.optimizer_step(opt, sched)
             if norm is not None:
                 values["grad_norm"] = norm
-            opt.step()
-            sched.step()
-            self.step += 1
             values = self.procs.weighted_sum(self.share, values)
             self.record(epoch, kind, values)
             bar.set_postfix(loss=f"{values['total']:.4f}")
         return self.epoch_means()
 
+    def optimizer_step(self, opt, sched) -> float | None:
+        """The one optimiser step of every stage: gradients summed over processes, clipped at
+        ``max_grad_norm`` (→ the norm before clipping, None when off), step, schedule, count."""
+        params = [p for group in opt.param_groups for p in group["params"]]
+        self.procs.sync_gradients(params)
+        norm = clip_gradients(params, getattr(self.cfg, "max_grad_norm", 0.0))
+        opt.step()
+        sched.step()
+        self.step += 1
+        return norm
+
     def epoch_means(self, keep=None) -> dict:
+        self.flush_window()
         self.last_epoch_losses = {k: v / max(1, self.epoch_n) for k, v in self.epoch_sums.items()
                                   if keep is None or k in keep}
         return self.last_epoch_losses
@@ -211,6 +259,7 @@ class Stage:
         save_state(self.out, {
             "position": [epoch, batches_done], "step": self.step,
             "stopper": [self.stopper.best, self.stopper.bad], "best_epoch": self.best_epoch,
+            "best_step": self.best_step, "valid_step": self.valid_step, "window": self.window,
             "elapsed": time.perf_counter() - self.t_start, "log_offset": self.log_file.tell(),
             "epoch_sums": dict(self.epoch_sums), "epoch_n": self.epoch_n,
             "rng": rng_state(), "rows": self.rows.state_dict(),
@@ -230,6 +279,9 @@ class Stage:
         self.load_extra_state(state["extra"])
         self.rows.load_state_dict(state["rows"], mid_epoch=done > 0)
         self.step, self.best_epoch = state["step"], state["best_epoch"]
+        self.best_step = state.get("best_step", -1)  # states saved before step-based options
+        self.valid_step = state.get("valid_step", -1)
+        self.window = state.get("window", {"sums": {}, "n": 0, "logged_step": self.step})
         self.stopper.best, self.stopper.bad = state["stopper"]
         self.epoch_sums, self.epoch_n = dict(state["epoch_sums"]), state["epoch_n"]
         self.t_start -= state["elapsed"]
@@ -262,9 +314,9 @@ class Stage:
 
     def train(self) -> dict:
         cfg = self.cfg
-        self.t_start = time.perf_counter()
+        self.t_start = self.epoch_t0 = time.perf_counter()
         self.stopper = EarlyStopping(cfg.patience)
-        self.best_epoch = -1
+        self.best_epoch = self.best_step = -1
         first_epoch = 0
         if self.resume_state is not None:
             first_epoch, self.skip = self.restore(self.resume_state)
@@ -277,32 +329,27 @@ class Stage:
             valid = self.evaluate("valid", cfg.valid_users)
             self.log(f"start (epoch -1): valid recall@10 {valid['recall@10']:.4f} "
                      f"ndcg@10 {valid['ndcg@10']:.4f}")
-            self.write_log({"epoch": -1, "kind": "start", "valid": valid})
+            self.write_log({"epoch": -1, "after_step": self.step, "kind": "start", "valid": valid})
+            self.valid_step = self.step
             self.stopper.update(valid["ndcg@10"])
             self.save("best", {"epoch": -1, "valid": valid, **self.checkpoint_info()})
-        for epoch in range(first_epoch, cfg.epochs):
-            if self.stopper.stop:
+        epochs = self.planned_epochs()
+        for epoch in range(first_epoch, epochs):
+            if self.training_done():
                 break
-            t0 = time.perf_counter()
+            self.epoch_t0 = time.perf_counter()
             kind = self.run_epoch(epoch)
             spent = (cfg.time_budget > 0 and time.perf_counter() - self.t_start >= cfg.time_budget
                      and self.may_stop_after(epoch))
-            if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or spent:
-                valid = self.evaluate("valid", cfg.valid_users)
-                losses = " ".join(f"{k} {v:.4f}" for k, v in self.last_epoch_losses.items())
-                self.log(f"epoch {epoch:3d} {kind:11s} {losses} | valid recall@10 "
-                         f"{valid['recall@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} "
-                         f"({time.perf_counter() - t0:.1f}s)")
-                info = self.checkpoint_info()
-                self.write_log({"epoch": epoch, "kind": kind, "valid": valid, **info})
-                if self.stopper.update(valid["ndcg@10"]):
-                    self.best_epoch = epoch
-                    self.save("best", {"epoch": epoch, "valid": valid, **info})
-                if self.stopper.stop:
-                    self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} "
-                             f"evaluations")
+            last = epoch == epochs - 1 or spent or self.training_done()
+            if self.eval_steps:  # validations came with the steps; one more after the last
+                due = last and self.valid_step != self.step
+            else:
+                due = (epoch + 1) % cfg.eval_every == 0 or last
+            if due:
+                self.validate(epoch, kind)
             self.save_state(epoch + 1, 0)
-            if spent and epoch < cfg.epochs - 1:
+            if spent and epoch < epochs - 1:
                 self.log(f"time budget of {cfg.time_budget:g} s spent after epoch {epoch}: "
                          f"training stops")
                 self.write_log({"epoch": epoch, "kind": "budget_spent",
@@ -314,11 +361,12 @@ class Stage:
         best = load_checkpoint(self.out / "best", device=self.device)
         self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]
         test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
-        results = {"stage": self.name, "best_epoch": best_epoch, "valid": best["info"]["valid"],
+        results = {"stage": self.name, "best_epoch": best_epoch, "best_step": self.best_step,
+                   "steps": self.step, "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
                    "protocol": protocol(beam=cfg.beam, code_len=self.table.code_len,
                                         exclude=self.exclude),
-                   **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch")}}
+                   **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch", "step")}}
         if self.procs.is_main:
             self.trackers.log({"test": test}, step=self.step)
             paired = self.paired_with_start()
@@ -329,6 +377,39 @@ class Stage:
             f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
             + f" | distinct top-1 {test['distinct_top1']} | {train_seconds:.0f}s")
         return results
+
+    def planned_epochs(self) -> int:
+        """Epochs the loop may run: the config's, or with ``max_steps`` as many as it needs
+        (the run then ends mid-epoch)."""
+        if not self.max_steps:
+            return self.cfg.epochs
+        per_epoch = max(1, self.rows.batches_per_epoch() * self.steps_per_batch())
+        return -(-self.max_steps // per_epoch)
+
+    def steps_per_batch(self) -> int:
+        """Optimiser steps per training batch (GRPO: ``num_iterations``)."""
+        return 1
+
+    def validate(self, epoch: int, kind: str) -> None:
+        """Validation NDCG@10 → log, early stopping, the best checkpoint."""
+        cfg = self.cfg
+        valid = self.evaluate("valid", cfg.valid_users)
+        self.valid_step = self.step
+        at = f"step {self.step:5d}" if self.eval_steps else f"epoch {epoch:3d} {kind:11s}"
+        losses = ("" if self.eval_steps else
+                  " ".join(f"{k} {v:.4f}" for k, v in self.last_epoch_losses.items()) + " | ")
+        self.log(f"{at} {losses}valid recall@10 {valid['recall@10']:.4f} ndcg@10 "
+                 f"{valid['ndcg@10']:.4f} ({time.perf_counter() - self.epoch_t0:.1f}s)")
+        info = self.checkpoint_info()
+        # "after_step", not "step": a record with "step" is a training step's
+        self.write_log({"epoch": epoch, "after_step": self.step, "kind": kind, "valid": valid,
+                        **info})
+        if self.stopper.update(valid["ndcg@10"]):
+            self.best_epoch, self.best_step = epoch, self.step
+            self.save("best", {"epoch": epoch, "step": self.step, "valid": valid, **info})
+        if self.stopper.stop:
+            self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} evaluations")
+        self.epoch_t0 = time.perf_counter()
 
     def paired_with_start(self) -> dict | None:
         """For a stage that starts from a checkpoint whose stage wrote its test lists: the

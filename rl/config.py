@@ -1,10 +1,10 @@
 """Options of the rl stage: trl's ``GRPOConfig`` (so num_generations, beta, epsilon,
 epsilon_high, loss_type, scale_rewards, num_iterations, learning_rate, reward_weights,
-temperature, weight_decay, lr_scheduler_type, warmup_steps, seed mean what trl's documentation
-says) plus what an encoder-decoder over item codes needs. Fields of TrainingArguments that
-steer trl's own Trainer loop (max_steps, num_train_epochs, logging/saving/eval strategies …)
-are not used — setting one is a config error naming it — ``epochs`` and the validation options
-(``eval_every``, ``patience``, ...) steer this loop."""
+temperature, weight_decay, lr_scheduler_type, warmup_steps, max_steps, num_train_epochs,
+logging_steps, eval_steps, save_steps, gradient_accumulation_steps, max_grad_norm, report_to,
+run_name, seed mean what trl's documentation says) plus what an encoder-decoder over item codes
+needs. The other fields of TrainingArguments steer trl's own Trainer loop (strategies, hub,
+DeepSpeed …) and are not used here: setting one is a config error naming it."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from etegrl.options import EvalOptions
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
 TRL_FIELDS_USED = frozenset({
     "epsilon", "epsilon_high", "scale_rewards", "num_iterations", "reward_weights",
-    "temperature", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "max_grad_norm"})
+    "temperature", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "max_grad_norm",
+    "max_steps", "gradient_accumulation_steps"})
 # where a trl user finds what a refused field would have done
 TRL_FIELD_HINTS = {
-    "num_train_epochs": "use epochs", "max_steps": "use epochs and rows_per_user",
-    "eval_steps": "use eval_every (epochs)", "eval_strategy": "use eval_every (epochs)",
-    "save_steps": "use save_state_every (batches)", "save_strategy": "best/ is saved at each better validation",
-    "logging_steps": "every step is written to log.jsonl", "warmup_ratio": "warmup_steps < 1 is a share of the steps",
-    "gradient_accumulation_steps": "raise per_device_train_batch_size or the number of processes",
+    "eval_strategy": "set eval_steps (steps) or eval_every (epochs)",
+    "save_strategy": "best/ is saved at each better validation; save_steps saves the resumable state",
+    "logging_strategy": "set logging_steps", "warmup_ratio": "warmup_steps < 1 is a share of the steps",
+    "load_best_model_at_end": "the test split is always evaluated with best/",
 }
 
 
@@ -44,7 +44,11 @@ class RLConfig(EvalOptions, GRPOConfig):
     output_dir: str = option("runs/ml-100k/rl", "Where best/, log.jsonl and results.json go.")
     overwrite: bool = option(False, "Replace an output_dir that holds another run.")
     max_len: int = option(50, "History items the policy reads (the last ones).")
-    epochs: int = option(1, "Passes over the training rows (each capped by rows_per_user).")
+    epochs: int = option(1, "Passes over the training rows (each capped by rows_per_user); or set num_train_epochs (trl's name), not both.")
+    num_train_epochs: float | None = option(None, "trl's name for epochs (a whole number here; max_steps stops within an epoch).")
+    logging_steps: float = option(1, "One record in log.jsonl and the trackers per this many optimiser steps, the means over them (and one at each epoch's end); < 1: a share of the run's steps.")
+    eval_steps: float | None = option(None, "Validate every this many optimiser steps (and after the last) instead of every eval_every epochs; < 1: a share of the run's steps; unset = by epochs. Early stopping (patience) counts these validations.")
+    save_steps: float = option(0, "Also save the resumable state every this many optimiser steps (0 = off; save_state_every counts batches); < 1: a share of the run's steps.")
     rows_per_user: int = option(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
     prompt_rows: Literal["random", "recent"] = option("random", "Which rows_per_user rows: drawn at random each epoch, or each user's most recent training rows (the histories closest to validation and test).")
     group_source: Literal["beam", "sampling"] = option("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
@@ -79,7 +83,11 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 2, "num_generations")  # a group of one has no advantage
         require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
                 "lora_alpha")
-        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
+        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout",
+                "eval_steps", "save_steps")
+        require(self, 0, "logging_steps", above=True)
+        require(self, 1, "gradient_accumulation_steps")
+        self.resolve_steps()
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "lora_dropout", high=1, below_high=True)
         require(self, 0, "teacher_items", high=self.num_generations)
@@ -92,6 +100,27 @@ class RLConfig(EvalOptions, GRPOConfig):
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs")
+
+    def resolve_steps(self) -> None:
+        """trl's step and epoch names: num_train_epochs is epochs' other name (one of them);
+        *_steps are whole counts or shares (< 1) of the run; eval_steps replaces eval_every."""
+        for key in ("logging_steps", "eval_steps", "save_steps"):
+            value = getattr(self, key)
+            if value and value > 1 and value != int(value):
+                raise ValueError(f"key '{key}' must be a whole number of steps or a share "
+                                 f"below 1, got {value!r}")
+        if self.num_train_epochs is not None:
+            n = self.num_train_epochs
+            if n < 1 or n != int(n):
+                raise ValueError(f"key 'num_train_epochs' must be a whole number ≥ 1 here (use "
+                                 f"max_steps to stop within an epoch), got {n!r}")
+            if self.epochs not in (1, int(n)):
+                raise ValueError(f"key 'num_train_epochs' ({n:g}) and epochs ({self.epochs}) "
+                                 f"are the same option: set one of them")
+            self.epochs = int(n)
+        if self.eval_steps and self.eval_every != 1:
+            raise ValueError(f"key 'eval_steps' ({self.eval_steps:g}) and eval_every "
+                             f"({self.eval_every}) both set when to validate: set one of them")
 
     @classmethod
     def unused_field_error(cls, name: str) -> str | None:

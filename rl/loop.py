@@ -13,6 +13,8 @@ process, so groups never straddle processes.
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,9 +29,27 @@ from etegrl.lora import apply_lora, merged_copy
 from etegrl.model import history_tokens
 from etegrl.stage import Stage
 from etegrl.teacher import Teacher, add_teacher_items
-from etegrl.training import RowEpochs, clip_gradients
+from etegrl.training import RowEpochs
 
 from .config import RLConfig
+
+
+@dataclass
+class Rollout:
+    """One micro-batch of groups, everything its updates need (flattened to users × G rows)."""
+
+    tokens: torch.Tensor  # history tokens and mask
+    mask: torch.Tensor
+    codes: torch.Tensor  # (users, G, code_len)
+    flat: torch.Tensor  # (users·G, code_len)
+    valid: torch.Tensor  # (users·G,) a member exists (groups may be short)
+    advantages: torch.Tensor  # (users·G,)
+    allowed: torch.Tensor | None  # trie masks (logprob=trie)
+    encoded: torch.Tensor | None  # the policy's encoder output with its graph (first update)
+    ref_logits: torch.Tensor | None  # kl_estimator=exact
+    ref_logps: torch.Tensor | None
+    old_logps: torch.Tensor | None  # num_iterations > 1
+    stats: dict = field(default_factory=dict)  # rewards, hit rate, zero-std share
 
 
 class RLStage(Stage):
@@ -59,15 +79,23 @@ class RLStage(Stage):
         counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
                              minlength=self.data.n_items + 1)
         self.popularity = torch.as_tensor(counts)
-        # trl's per_device_train_batch_size: each process gets users_per_step users a step
+        # trl's per_device_train_batch_size: each process gets users_per_step users per
+        # micro-batch, gradient_accumulation_steps micro-batches per optimiser step
         self.rows = RowEpochs(self.data.splits["train"],
-                              batch_size=cfg.users_per_step * self.procs.world,
+                              batch_size=cfg.users_per_step * self.procs.world
+                              * cfg.gradient_accumulation_steps,
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
                               recent=cfg.prompt_rows == "recent")
         self.open_log()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         total = self.rows.batches_per_epoch() * cfg.epochs * cfg.num_iterations
+        if cfg.max_steps > 0:  # trl: max_steps overrides the epochs
+            total = self.max_steps = cfg.max_steps
+        # trl's step counts: an integer, or a share of the run's steps when < 1
+        self.logging_steps = _steps(cfg.logging_steps, total) or 1
+        self.eval_steps = _steps(cfg.eval_steps, total)
+        self.save_steps = _steps(cfg.save_steps, total)
         # TrainingArguments' warmup_steps: a count of steps, or a share of them when < 1
         warmup = cfg.warmup_steps if cfg.warmup_steps >= 1 else cfg.warmup_steps * total
         self.sched = get_scheduler(cfg.lr_scheduler_type, self.opt, num_warmup_steps=int(warmup),
@@ -133,73 +161,99 @@ class RLStage(Stage):
             logits = model.group_logits(tokens, mask, codes, encoded=encoded)
         return logits, codes.reshape(-1, codes.shape[-1])
 
-    def step_on(self, hist, targets) -> dict:
-        """One GRPO step on this process's users of the global batch (whole groups)."""
+    def rollout(self, hist, targets, graph: bool = True) -> Rollout:
+        """Groups, rewards and advantages of these users, with the reference's (and, for
+        ``num_iterations`` > 1, the old policy's) log-probabilities. The policy's encoder output
+        serves the groups and, with ``graph``, keeps its graph for the first update."""
         cfg = self.cfg
-        # eval mode: T5's attention-probability dropout is a float inside T5Attention, not an
-        # nn.Dropout module, so disable_dropout_in_model alone would leave it on in train mode
-        self.model.eval()
-        params = [p for group in self.opt.param_groups for p in group["params"]]
-        if not len(targets):  # a process can get no users of a tiny last batch: still sync
-            for _ in range(cfg.num_iterations):
-                self.opt.zero_grad(set_to_none=True)
-                self.procs.sync_gradients(params)
-                self.opt.step()
-                self.sched.step()
-                self.step += 1
-            return {}
         tokens, mask = history_tokens(hist, self.table.codes)
-        # the policy's encoder runs once (with its graph) for the groups and the first update;
-        # under bf16 the groups keep an fp32 encoder pass of their own
-        encoded = None if cfg.bf16 else self.model.encode(tokens, mask)
+        encoded = None
+        if not cfg.bf16:  # under bf16 the groups keep an fp32 encoder pass of their own
+            with torch.set_grad_enabled(graph):
+                encoded = self.model.encode(tokens, mask)
         shared = None if encoded is None else encoded.detach()
         scores = None if self.teacher is None else self.teacher.scores(hist, self.exclude)
         items, codes = self.make_groups(hist, targets, shared, scores)
         r, stats = self.group_rewards(hist, targets, items, codes, scores)
         adv, zero_std = group_advantages(r, cfg.scale_rewards)
-        valid = (items > 0).reshape(-1)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
         if cfg.logprob == "trie":
             allowed = torch.stack([self.table.allowed(flat[:, :t])
                                    for t in range(flat.shape[1])], 1)
-        ref_logits = ref_logps = None
+        ref_logits = ref_logps = old_logps = None
         with torch.no_grad():
             if self.ref is not None:
                 ref_logits, _ = self.logits_for(self.ref, tokens, mask, codes)
                 ref_logps = code_logprobs(ref_logits, flat, allowed)
-            old_logps = None
             if cfg.num_iterations > 1:
                 old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
                 old_logps = code_logprobs(old_logits, flat, allowed)
-        for iteration in range(cfg.num_iterations):  # later iterations see updated weights
-            logits, _ = self.logits_for(self.model, tokens, mask, codes,
-                                        encoded if iteration == 0 else None)
-            logps = code_logprobs(logits, flat, allowed)
-            old = logps.detach() if old_logps is None else old_logps
-            kl = None
-            if self.ref is not None and cfg.kl_estimator == "exact":
-                kl = exact_kl(logits, ref_logits, allowed)[valid]
-            loss, m = grpo_loss(
-                logps[valid], old[valid], adv.reshape(-1)[valid],
-                ref_logps=None if ref_logps is None else ref_logps[valid], kl=kl, beta=cfg.beta,
-                epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high or cfg.epsilon,
-                loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
+        stats.update({"reward": float(r.nanmean()), "frac_reward_zero_std": zero_std,
+                      "group_hit_rate": (items == targets.unsqueeze(1)).any(1).float().mean().item()})
+        return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
+                       valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
+                       allowed=allowed, encoded=encoded if graph else None,
+                       ref_logits=ref_logits if cfg.kl_estimator == "exact" else None,
+                       ref_logps=ref_logps, old_logps=old_logps, stats=stats)
+
+    def rollout_loss(self, ro: Rollout) -> tuple[torch.Tensor, dict]:
+        """trl's clipped surrogate (+ β·KL) of a rollout under the current policy."""
+        cfg, valid = self.cfg, ro.valid
+        logits, _ = self.logits_for(self.model, ro.tokens, ro.mask, ro.codes, ro.encoded)
+        ro.encoded = None  # its graph serves one backward pass
+        logps = code_logprobs(logits, ro.flat, ro.allowed)
+        old = logps.detach() if ro.old_logps is None else ro.old_logps
+        kl = None
+        if ro.ref_logits is not None:
+            kl = exact_kl(logits, ro.ref_logits, ro.allowed)[valid]
+        return grpo_loss(
+            logps[valid], old[valid], ro.advantages[valid],
+            ref_logps=None if ro.ref_logps is None else ro.ref_logps[valid], kl=kl,
+            beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high or cfg.epsilon,
+            loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
+
+    def step_on(self, hist, targets) -> dict:
+        """GRPO on this process's users of the global batch (whole groups): rollouts of
+        ``gradient_accumulation_steps`` micro-batches, then ``num_iterations`` optimiser steps,
+        each accumulating the micro-batches' gradients (weighted by their completions, so
+        that the step equals one over the whole batch). → the batch's logged values."""
+        cfg = self.cfg
+        # eval mode: T5's attention-probability dropout is a float inside T5Attention, not an
+        # nn.Dropout module, so disable_dropout_in_model alone would leave it on in train mode
+        self.model.eval()
+        iterations = cfg.num_iterations
+        if self.max_steps:  # max_steps counts optimiser steps exactly
+            iterations = min(iterations, self.max_steps - self.step)
+        parts = [(h, t) for h, t in zip(torch.tensor_split(hist, cfg.gradient_accumulation_steps),
+                                        torch.tensor_split(targets, cfg.gradient_accumulation_steps))
+                 if len(t)]
+        # every micro-batch's groups come from the policy before this step; the first update
+        # reuses the encoder's graph only when there is one micro-batch (memory)
+        rollouts = [self.rollout(h, t, graph=len(parts) == 1) for h, t in parts] if iterations else []
+        # each micro-batch weighs by its completions: the step's loss is the mean over all
+        members = sum(int(ro.valid.sum()) for ro in rollouts)
+        sums: dict[str, float] = {}
+        grad_norm = None
+        for iteration in range(iterations):  # later iterations see updated weights
             self.opt.zero_grad(set_to_none=True)
-            (loss * self.share).backward()  # the global batch's mean over processes
-            self.procs.sync_gradients(params)
-            grad_norm = clip_gradients(params, cfg.max_grad_norm)  # trl's max_grad_norm
-            self.opt.step()
-            self.sched.step()
-            self.step += 1
-        hits = (items == targets.unsqueeze(1)).any(1).float().mean().item()
-        if grad_norm is not None:
-            m["grad_norm"] = grad_norm
-        return {"total": loss.item(), "reward": float(r.nanmean()), "frac_reward_zero_std": zero_std,
-                "group_hit_rate": hits, **m, **stats}
+            sums = {}
+            for ro in rollouts:
+                loss, m = self.rollout_loss(ro)
+                weight = int(ro.valid.sum()) / max(1, members)
+                (loss * weight * self.share).backward()  # the global batch's mean
+                for key, v in {"total": loss.item(), **m, **ro.stats}.items():
+                    sums[key] = sums.get(key, 0.0) + weight * v
+            grad_norm = self.optimizer_step(self.opt, self.sched)
+        if grad_norm is not None and sums:
+            sums["grad_norm"] = grad_norm
+        return sums
+
+    def steps_per_batch(self) -> int:
+        return self.cfg.num_iterations
 
     def run_epoch(self, epoch: int) -> str:
-        bar = self.progress_bar(self.epoch_batches(epoch), epoch, "grpo")
+        bar = self.progress_bar(self.epoch_batches(epoch, "grpo"), epoch, "grpo")
         for hist, targets in bar:
             values = self.procs.weighted_sum(self.share, self.step_on(hist, targets))
             self.record(epoch, "grpo", values)
@@ -224,3 +278,10 @@ class RLStage(Stage):
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
                 "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
                 "codes": self.source_info.get("codes", {})}
+
+
+def _steps(value: float | None, total: int) -> int:
+    """TrainingArguments' *_steps: a count, or a share of the run's ``total`` steps when < 1."""
+    if not value:
+        return 0
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)

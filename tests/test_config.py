@@ -121,9 +121,9 @@ def test_large_tensors_come_from_the_heap_after_keep_freed_memory(monkeypatch):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("max_steps=5", "max_steps"), ("num_train_epochs=3", "num_train_epochs"),  # 3 is trl's default
-    ("logging_steps=1", "logging_steps"), ("eval_steps=10", "eval_steps"),
-    ("save_steps=10", "save_steps")])
+    ("eval_strategy=steps", "eval_strategy"), ("save_strategy=epoch", "save_strategy"),
+    ("logging_strategy=epoch", "logging_strategy"), ("save_total_limit=2", "save_total_limit"),
+    ("push_to_hub=true", "push_to_hub"), ("optim=sgd", "optim")])
 def test_trl_fields_the_rl_loop_does_not_read_are_refused(tmp_path, capsys, override, key):
     from rl.__main__ import main
 
@@ -133,6 +133,23 @@ def test_trl_fields_the_rl_loop_does_not_read_are_refused(tmp_path, capsys, over
     assert not (tmp_path / "rl").exists()
 
 
+def test_trl_step_and_epoch_names(tmp_path):
+    from rl.config import RLConfig
+
+    cfg = load_config(RLConfig, None, ["num_train_epochs=3", "eval_steps=0.25", "save_steps=4"])
+    assert (cfg.epochs, cfg.eval_steps, cfg.save_steps) == (3, 0.25, 4)
+    assert load_config(RLConfig, None, ["num_train_epochs=2", "epochs=2"]).epochs == 2
+    for overrides, message in [
+            (["num_train_epochs=3", "epochs=2"], r"command line 'num_train_epochs=3'.*set one of them"),
+            (["num_train_epochs=1.5"], "whole number ≥ 1 here .use max_steps"),
+            (["eval_steps=10", "eval_every=2"], "both set when to validate"),
+            (["logging_steps=2.5"], "key 'logging_steps' must be a whole number of steps"),
+            (["gradient_accumulation_steps=0"], "key 'gradient_accumulation_steps' must be ≥ 1"),
+            (["logging_steps=0"], "key 'logging_steps' must be > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(RLConfig, None, overrides)
+
+
 def test_trl_fields_the_rl_loop_reads_are_accepted_and_listed(capsys):
     import dataclasses
 
@@ -140,14 +157,16 @@ def test_trl_fields_the_rl_loop_reads_are_accepted_and_listed(capsys):
 
     cfg = load_config(RLConfig, None, ["epsilon=0.3", "max_grad_norm=0.5", "warmup_steps=3"])
     assert (cfg.epsilon, cfg.max_grad_norm, cfg.warmup_steps) == (0.3, 0.5, 3)
-    with pytest.raises(ValueError, match="key 'max_steps'"):
-        RLConfig(max_steps=5)  # built in code, not from a file: the value check
+    with pytest.raises(ValueError, match="key 'save_total_limit'"):
+        RLConfig(save_total_limit=5)  # built in code, not from a file: the value check
     with pytest.raises(ConfigError, match=r"key 'report_to': \['neptune'\] not supported"):
         load_config(RLConfig, None, ["report_to=[neptune]"])
     assert load_config(RLConfig, None, ["report_to=[tensorboard]", "run_name=x"]).run_name == "x"
     text = config_help(RLConfig)
     listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ") and
               not line.startswith("      ")}
-    assert TRL_FIELDS_USED <= listed and "max_steps" not in listed and "save_steps" not in listed
+    assert TRL_FIELDS_USED <= listed and "save_strategy" not in listed and "optim" not in listed
+    assert {"max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps",
+            "gradient_accumulation_steps", "max_grad_norm", "report_to", "run_name"} <= listed
     assert listed == {f.name for f in dataclasses.fields(RLConfig)
                       if f.init and not RLConfig.unused_field_error(f.name)}

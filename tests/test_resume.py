@@ -3,6 +3,7 @@ with the same command, and ends with the same weights and metrics as an uninterr
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def run_and_kill(module: str, args: list[str], out: Path, at_step: int) -> None:
     log = out / "log.jsonl"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
-        if log.is_file() and f'"step": {at_step},' in log.read_text():
+        if log.is_file() and max(map(int, re.findall(r'"step": (\d+)', log.read_text())),
+                                 default=-1) >= at_step:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -75,24 +77,30 @@ def stage_args(stage: str, tiny_data: Path, out: Path, start: Path | None) -> li
                                       "tokenizer_pretrain_epochs=3", "dropout_rate=0.1"]
     if stage == "finetune":
         return common + [f"checkpoint={start}", "epochs=3", "batch_size=16", "dropout_rate=0.1"]
-    return common + [f"checkpoint={start}", "epochs=2", "num_generations=4",
-                     "per_device_train_batch_size=16", "rows_per_user=2", "learning_rate=1e-3",
-                     "group_source=sampling", "inject_target=true"]
+    rl = common + [f"checkpoint={start}", "epochs=2", "num_generations=4",
+                   "per_device_train_batch_size=16", "rows_per_user=2", "learning_rate=1e-3",
+                   "group_source=sampling", "inject_target=true"]
+    if stage == "rl_steps":  # trl's step options: validation, log windows and saves by steps
+        rl = rl + ["eval_steps=3", "logging_steps=2", "save_steps=2", "save_state_every=0",
+                   "gradient_accumulation_steps=2", "per_device_train_batch_size=8",
+                   "valid_users=20"]
+    return rl
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune", "rl"])
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "rl", "rl_steps"])
 def test_killed_stage_resumes_to_the_same_result(stage, tiny_data, trained_run, tmp_path):
     start = None if stage == "pretrain" else trained_run / "best"
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run(stage, stage_args(stage, tiny_data, whole, start))
+    module = stage.split("_")[0]
+    run(module, stage_args(stage, tiny_data, whole, start))
     per_epoch = max(json.loads(line).get("step", 0) for line in
                     (whole / "log.jsonl").read_text().splitlines()
                     if json.loads(line).get("epoch") == 0)
     at = per_epoch + per_epoch // 2 + 1  # the middle of the second epoch, past a mid-epoch save
-    run_and_kill(stage, stage_args(stage, tiny_data, killed, start), killed, at)
+    run_and_kill(module, stage_args(stage, tiny_data, killed, start), killed, at)
     state = load_state(killed)
     assert state is not None and state["step"] < per_epoch * 2  # it goes on from mid-run
-    run(stage, stage_args(stage, tiny_data, killed, start))
+    run(module, stage_args(stage, tiny_data, killed, start))
     check_same(whole, killed)
 
 

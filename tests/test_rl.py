@@ -123,3 +123,55 @@ def test_rl_clips_gradients(tiny_data, finetuned, tmp_path):
     assert seen and max(seen) <= 1e-4 * 1.0001
     assert logged and max(logged) > 1e-4  # the norm before clipping was above the limit
     stage.cleanup()
+
+
+def test_trl_step_options_are_honoured(tiny_data, finetuned, tmp_path):
+    """max_steps (overriding num_train_epochs), logging_steps, eval_steps and report_to do what
+    trl's documentation says: 5 optimiser steps, a log record every 2 steps (and one at the
+    end), validations at steps 2 and 4 and after the last, TensorBoard event files."""
+    out = tmp_path / "rl"
+    args = [f"data_dir={tiny_data / 'data'}", f"checkpoint={finetuned}", f"output_dir={out}",
+            "max_len=8", "num_generations=4", "per_device_train_batch_size=8", "max_steps=5",
+            "num_train_epochs=3", "logging_steps=2", "eval_steps=2", "report_to=[tensorboard]",
+            "valid_users=30", "learning_rate=1e-3", "progress=false"]
+    assert rl_main(args) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "step" in r]
+    valid = [r["after_step"] for r in log if "valid" in r]
+    assert steps == [2, 4, 5] and valid == [0, 2, 4, 5]
+    assert all(r["epoch"] == 0 for r in log if r["kind"] == "grpo")  # ended within epoch 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 5 and results["best_step"] in (-1, 2, 4, 5)
+    assert list((out / "trackers").rglob("events.out.tfevents.*"))
+
+
+def test_max_steps_counts_optimiser_steps(tiny_data, finetuned, tmp_path):
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "m", max_steps=3, num_iterations=2),
+                    log=lambda *_: None)
+    stage.setup()
+    assert stage.planned_epochs() == 1 and stage.sched.lr_lambdas  # scheduled over 3 steps
+    stage.run_epoch(0)
+    assert stage.step == 3  # two batches: 2 + 1 iterations
+    stage.cleanup()
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny_data, finetuned, tmp_path):
+    """Two micro-batches of 5 users accumulate the gradient of one batch of 10 users."""
+    grads = []
+    for n, (size, accum) in enumerate([(80, 1), (40, 2)]):
+        stage = RLStage(config(tiny_data, finetuned, tmp_path / f"acc{n}",
+                               per_device_train_batch_size=size,
+                               gradient_accumulation_steps=accum, kl_estimator="exact"),
+                        log=lambda *_: None)
+        stage.setup()
+        assert stage.rows.batch_size == 10  # users per optimiser step
+        seen = []
+        stage.opt.step = lambda *a, **k: seen.append(
+            torch.cat([p.grad.flatten() for g in stage.opt.param_groups for p in g["params"]
+                       if p.grad is not None]))
+        hist, targets = next(stage.rows.epoch())
+        stage.step_on(hist, targets)
+        grads.append(seen[0])
+        stage.cleanup()
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
