@@ -162,14 +162,15 @@ class Stage:
         if not skip:
             self.epoch_sums, self.epoch_n = {}, 0
         total, every = self.rows.batches_per_epoch(), self.cfg.save_state_every
-        for i, (hist, targets) in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
+        for i, batch in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
             if self.training_done():
                 return
-            part = self.procs.share(len(targets))  # all of it in one process
-            self.share = (part.stop - part.start) / len(targets)
-            self.batch_targets = targets  # the whole global batch's, for losses over its items
+            n = len(batch[0])
+            part = self.procs.share(n)  # all of it in one process
+            self.share = (part.stop - part.start) / n
+            self.batch_targets = batch[1]  # the whole global batch's, for losses over its items
             before = self.step
-            yield hist[part], targets[part]  # the caller trains on it before asking for the next
+            yield tuple(x[part] for x in batch)  # the caller trains on it before the next
             if _crossed(before, self.step, self.eval_steps):
                 self.validate(epoch, kind)
             due = (every and (i + 1) % every == 0) or _crossed(before, self.step, self.save_steps)

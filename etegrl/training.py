@@ -17,12 +17,14 @@ class RowEpochs:
     """Training rows (history → target) of a split, served as length-bucketed batches.
 
     ``rows_per_user`` > 0 draws at most that many rows per user afresh each epoch (a CPU-sized
-    epoch); histories keep their last ``max_len`` items.
+    epoch); histories keep their last ``max_len`` items. ``with_rows``: batches are (history,
+    target, row index in the split) instead of (history, target).
     """
 
     def __init__(self, split, *, batch_size: int, max_len: int, rows_per_user: int = 0,
-                 seed: int = 0, recent: bool = False):
+                 seed: int = 0, recent: bool = False, with_rows: bool = False):
         self.recent = recent  # with rows_per_user: each user's last rows, not a random draw
+        self.with_rows = with_rows
         self.histories = [h[-max_len:] for h in split["history"]]
         self.targets = np.asarray(split["target"])
         self.users = np.asarray(split["user"])
@@ -43,8 +45,9 @@ class RowEpochs:
         batches = length_bucketed_batches(self.lengths[keep], self.batch_size, self.rng)
         for batch in batches[skip:]:
             rows = keep[batch]
-            yield (pad_histories([self.histories[i] for i in rows]).to(device),
-                   torch.as_tensor(self.targets[rows], dtype=torch.long, device=device))
+            hist = pad_histories([self.histories[i] for i in rows]).to(device)
+            targets = torch.as_tensor(self.targets[rows], dtype=torch.long, device=device)
+            yield (hist, targets, torch.as_tensor(rows)) if self.with_rows else (hist, targets)
 
     def state_dict(self) -> dict:
         return {"now": copy.deepcopy(self.rng.bit_generator.state),

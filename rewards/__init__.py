@@ -14,6 +14,9 @@ facts, one value per completion unless noted:
   popularity     item → training count, a tensor over item ids (shared, not per completion)
   code_len       codes per item (shared)
   teacher_rank   the member's 0-based rank among all items by the teacher (with teacher=sasrec)
+  future         the user's next training items after the target, nearest first (with
+                 future_items > 0; never validation or test items)
+  future_discount  credit of the j-th next item: future_discount ** j (shared)
 
 ``None`` means "not applicable" (trl's convention): it counts as nothing in the weighted sum.
 Name built-ins by name, or your own as ``path/to/file.py:function``, in ``reward_funcs``, with
@@ -91,8 +94,24 @@ def teacher(prompts, completions, completion_ids, *, teacher_rank, **kwargs):
     return [None if r is None else 1.0 / math.log2(r + 2) for r in teacher_rank]
 
 
+def future_hit(prompts, completions, completion_ids, *, target, future, future_discount,
+               **kwargs):
+    """Multi-positive hit: 1 for the target, ``future_discount ** j`` for the user's j-th next
+    training item after it (``future``), 0 otherwise — a member that names what the user took
+    soon after is not wrong in the way a random item is."""
+    out = []
+    for c, t, later in zip(completions, target, future):
+        if c == t:
+            out.append(1.0)
+        elif c and c in later:
+            out.append(future_discount ** (later.index(c) + 1))
+        else:
+            out.append(0.0)
+    return out
+
+
 BUILTIN = {f.__name__: f for f in (hit, rank_aware, ranking_penalty, prefix_match, novelty,
-                                   teacher)}
+                                   teacher, future_hit)}
 
 
 def load_reward(spec: str):

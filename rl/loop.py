@@ -85,7 +85,8 @@ class RLStage(Stage):
                               batch_size=cfg.users_per_step * self.procs.world
                               * cfg.gradient_accumulation_steps,
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
-                              recent=cfg.prompt_rows == "recent")
+                              recent=cfg.prompt_rows == "recent", with_rows=cfg.future_items > 0)
+        self.future = future_items(self.data.splits, cfg.future_items) if cfg.future_items else None
         self.open_log()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -125,7 +126,7 @@ class RLStage(Stage):
             items[missing, -1] = targets[missing]
         return items, self.table.codes[items]
 
-    def group_rewards(self, hist, targets, items, codes, teacher_scores=None):
+    def group_rewards(self, hist, targets, items, codes, teacher_scores=None, rows=None):
         g = items.shape[1]
         flat_items = items.reshape(-1).tolist()
         prompts = [[i for i in h if i] for h in hist.tolist() for _ in range(g)]
@@ -136,6 +137,9 @@ class RLStage(Stage):
             "group_items": [row for row in items.tolist() for _ in range(g)],
             "history": prompts, "popularity": self.popularity, "code_len": self.table.code_len,
         }
+        if rows is not None and self.future is not None:  # the next training items after each target
+            kwargs["future"] = [self.future[r] for r in rows.tolist() for _ in range(g)]
+            kwargs["future_discount"] = self.cfg.future_discount
         if teacher_scores is not None:  # each member's rank in the teacher's list (None: no item)
             ranks = Teacher.ranks(teacher_scores).gather(1, items).reshape(-1).tolist()
             usable = torch.isfinite(teacher_scores.gather(1, items)).reshape(-1).tolist()
@@ -161,7 +165,7 @@ class RLStage(Stage):
             logits = model.group_logits(tokens, mask, codes, encoded=encoded)
         return logits, codes.reshape(-1, codes.shape[-1])
 
-    def rollout(self, hist, targets, graph: bool = True) -> Rollout:
+    def rollout(self, hist, targets, rows=None, graph: bool = True) -> Rollout:
         """Groups, rewards and advantages of these users, with the reference's (and, for
         ``num_iterations`` > 1, the old policy's) log-probabilities. The policy's encoder output
         serves the groups and, with ``graph``, keeps its graph for the first update."""
@@ -174,7 +178,7 @@ class RLStage(Stage):
         shared = None if encoded is None else encoded.detach()
         scores = None if self.teacher is None else self.teacher.scores(hist, self.exclude)
         items, codes = self.make_groups(hist, targets, shared, scores)
-        r, stats = self.group_rewards(hist, targets, items, codes, scores)
+        r, stats = self.group_rewards(hist, targets, items, codes, scores, rows)
         adv, zero_std = group_advantages(r, cfg.scale_rewards)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
@@ -213,7 +217,7 @@ class RLStage(Stage):
             beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high or cfg.epsilon,
             loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
 
-    def step_on(self, hist, targets) -> dict:
+    def step_on(self, hist, targets, rows=None) -> dict:
         """GRPO on this process's users of the global batch (whole groups): rollouts of
         ``gradient_accumulation_steps`` micro-batches, then ``num_iterations`` optimiser steps,
         each accumulating the micro-batches' gradients (weighted by their completions, so
@@ -225,12 +229,14 @@ class RLStage(Stage):
         iterations = cfg.num_iterations
         if self.max_steps:  # max_steps counts optimiser steps exactly
             iterations = min(iterations, self.max_steps - self.step)
-        parts = [(h, t) for h, t in zip(torch.tensor_split(hist, cfg.gradient_accumulation_steps),
-                                        torch.tensor_split(targets, cfg.gradient_accumulation_steps))
-                 if len(t)]
+        n = cfg.gradient_accumulation_steps
+        parts = [p for p in zip(torch.tensor_split(hist, n), torch.tensor_split(targets, n),
+                                [None] * n if rows is None else torch.tensor_split(rows, n))
+                 if len(p[1])]
         # every micro-batch's groups come from the policy before this step; the first update
         # reuses the encoder's graph only when there is one micro-batch (memory)
-        rollouts = [self.rollout(h, t, graph=len(parts) == 1) for h, t in parts] if iterations else []
+        rollouts = ([self.rollout(h, t, r, graph=len(parts) == 1) for h, t, r in parts]
+                    if iterations else [])
         # each micro-batch weighs by its completions: the step's loss is the mean over all
         members = sum(int(ro.valid.sum()) for ro in rollouts)
         sums: dict[str, float] = {}
@@ -254,8 +260,8 @@ class RLStage(Stage):
 
     def run_epoch(self, epoch: int) -> str:
         bar = self.progress_bar(self.epoch_batches(epoch, "grpo"), epoch, "grpo")
-        for hist, targets in bar:
-            values = self.procs.weighted_sum(self.share, self.step_on(hist, targets))
+        for batch in bar:
+            values = self.procs.weighted_sum(self.share, self.step_on(*batch))
             self.record(epoch, "grpo", values)
             bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
@@ -285,3 +291,21 @@ def _steps(value: float | None, total: int) -> int:
     if not value:
         return 0
     return max(1, math.ceil(value * total)) if value < 1 else int(value)
+
+
+def future_items(splits, n: int) -> list[list[int]]:
+    """For every training row, the user's next ``n`` training items after its target (nearest
+    first; the validation and test items are never among them). Training rows run, per user,
+    through the prefixes of the user's training sequence in order (``etegrl.data.split``)."""
+    seqs = dict(zip(splits["train_seq"]["user"], splits["train_seq"]["items"]))
+    train = splits["train"]
+    out, position, last_user = [], 0, None
+    for user, target in zip(train["user"], train["target"]):
+        position = position + 1 if user == last_user else 1
+        last_user = user
+        seq = seqs[user]
+        if position >= len(seq) or seq[position] != target:
+            raise ValueError(f"training rows of user {user} are not the prefixes of its training "
+                             f"sequence in order (a dataset written by another version?)")
+        out.append(list(seq[position + 1:position + 1 + n]))
+    return out

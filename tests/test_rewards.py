@@ -40,6 +40,15 @@ def test_prefix_match_and_novelty():
         [1 - math.log1p(9) / top, 1.0, 1 - math.log1p(3) / top, 1 - math.log1p(1) / top])
 
 
+def test_future_hit_credits_the_next_training_items():
+    # the user took 3 right after the target, then 9; item 5 never
+    later = [[3, 9]] * 4
+    assert call(rewards.future_hit, future=later, future_discount=0.5) == [0.0, 0.25, 1.0, 0.5]
+    assert call(rewards.future_hit, completions=[5, 9, 0, 3], future=later,
+                future_discount=0.9) == pytest.approx([0.0, 0.81, 0.0, 0.9])  # 0: no item
+    assert call(rewards.future_hit, future=[[]] * 4, future_discount=0.5) == [0, 0, 1, 0]
+
+
 def test_score_weights_and_none():
     def half(prompts, completions, completion_ids, **kw):
         return [None, 1.0, None, 2.0]

@@ -175,3 +175,43 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_data, finetuned, tmp_
         stage.cleanup()
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_future_items_are_the_next_training_items(tiny_data):
+    from etegrl.data import load_processed
+    from rl.loop import future_items
+
+    splits = load_processed(tiny_data / "data").splits
+    future = future_items(splits, 2)
+    train = splits["train"]
+    assert len(future) == len(train)
+    seqs = dict(zip(splits["train_seq"]["user"], splits["train_seq"]["items"]))
+    for row in (0, 1, len(train) - 1):
+        user, target = train["user"][row], train["target"][row]
+        seq = seqs[user]
+        k = len(train["history"][row])  # tiny histories are never truncated
+        assert seq[k] == target and future[row] == seq[k + 1:k + 3]
+    last = [r for r, u in enumerate(train["user"]) if u == train["user"][0]][-1]
+    assert future[last] == []  # the last training row: its later items are valid/test only
+
+
+def test_rl_with_future_hit(tiny_data, finetuned, tmp_path):
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "f", reward_funcs=["future_hit"],
+                           future_items=3, inject_target=False, prompt_rows="random"),
+                    log=lambda *_: None)
+    stage.setup()
+    hist, targets, rows = next(stage.rows.epoch())
+    items, codes = stage.make_groups(hist, targets)
+    r, _ = stage.group_rewards(hist, targets, items, codes, rows=rows)
+    for u, row in enumerate(rows.tolist()):
+        later = stage.future[row]
+        for j, item in enumerate(items[u].tolist()):
+            want = (float("nan") if item == 0 else 1.0 if item == targets[u] else
+                    0.5 ** (later.index(item) + 1) if item in later else 0.0)
+            assert r[u, j].item() == pytest.approx(want, nan_ok=True)
+    assert (r > 0).sum() > (items == targets.unsqueeze(1)).sum()  # later items were credited
+    stats = stage.step_on(hist, targets, rows)
+    assert 0 < stats["reward/future_hit/mean"] <= 1
+    stage.cleanup()
+    with pytest.raises(ValueError, match="needs future_items"):
+        config(tiny_data, finetuned, tmp_path, reward_funcs=["future_hit"])
