@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etegrl.distributed import keep_freed_memory  # noqa: E402
+from etegrl.malloc import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as every stage does, so the benchmarks time what the stages run
 

@@ -13,12 +13,13 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .codes import CodeTable
+from .errors import EtegrlError
 from .files import read_tensors, unreadable
 from .model import ETEGRecModel
 from .tokenizer import RQVAE
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EtegrlError):
     """A missing or mismatching checkpoint."""
 
 

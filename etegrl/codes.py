@@ -13,8 +13,10 @@ import hashlib
 
 import torch
 
+from .errors import EtegrlError
 
-class CodeTableError(ValueError):
+
+class CodeTableError(EtegrlError):
     """A code table that cannot be made unique (more items on a prefix than suffix codes)."""
 
 

@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from .errors import EtegrlError
+
 T = TypeVar("T")
 
 
@@ -34,7 +36,7 @@ def option(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-class ConfigError(ValueError):
+class ConfigError(EtegrlError):
     """A config file or override that cannot be applied; the message names the file and key."""
 
 

@@ -22,11 +22,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import set_seed
 
-from .config import ConfigError, parse_args, require
-from .data import (DataError, build_splits, exclude_history, item_counts, load_processed,
+from .config import parse_args, require
+from .data import (build_splits, exclude_history, item_counts, load_processed,
                    read_source, save_processed, source_files, write_topk)
+from .distributed import set_threads
+from .errors import EtegrlError
+from .malloc import keep_freed_memory
 from .metrics import list_metrics, most_popular
-from .distributed import keep_freed_memory, set_threads
 from .embeddings import (PARTS, EmbeddingError, concat_parts, load_feature_file, save_embedding,
                          tag_features)
 from .embeddings.sasrec import SASRecConfig, train_sasrec
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(PrepareConfig, argv, prog="python -m etegrl.prepare")
         run(cfg)
-    except (ConfigError, DataError, EmbeddingError) as err:
+    except EtegrlError as err:  # bad input of any kind: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -19,12 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .codes import CodeTableError
 from .data import DataError, load_processed, pad_histories
+from .errors import EtegrlError
 from .generation import beam_search
 
 
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
             history = [catalogue.resolve(q) for q in args.history]
         rows = recommend(args.checkpoint, args.data_dir, history, k=args.k, beam=args.beam,
                          max_len=args.max_len, exclude_history=args.exclude_history)
-    except (DataError, CheckpointError, CodeTableError) as err:
+    except EtegrlError as err:  # bad input of any kind: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

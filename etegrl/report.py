@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import EtegrlError
+
 COLUMNS = ["recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10"]
 # behaviour beside the metrics, where a row recorded it
 BEHAVIOUR = ["distinct_top1", "popular10_share@10", "history_share@10"]
@@ -78,7 +80,7 @@ def table(root: str | Path) -> str:
     return "\n".join(lines) + "\n\n" + protocol_note([root]) + "\n"
 
 
-class ReportError(ValueError):
+class ReportError(EtegrlError):
     """A run file the report cannot read; the message names it."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, config_values, save_config
+from .errors import EtegrlError
 
 DONE = "DONE"
 LOCK = ".lock"
@@ -201,17 +202,13 @@ def mark_done(out: str | Path) -> None:
 
 def run_stage(config_cls, stage_cls, argv=None, *, prog: str, errors: tuple = ()) -> int:
     """The ``__main__`` of a training stage: parse the config, claim the output folder (main
-    process), run setup/train/cleanup in every process; bad input of any kind (``errors`` adds
-    a stage's own error types) ends as one ``error:`` line and exit code 2."""
-    from .checkpoint import CheckpointError
-    from .codes import CodeTableError
-    from .config import ConfigError, parse_args
-    from .data import DataError
+    process), run setup/train/cleanup in every process; bad input of any kind (an
+    ``EtegrlError``; ``errors`` may add other types) ends as one ``error:`` line and exit 2."""
+    from .config import parse_args
     from .distributed import process_state
-    from .embeddings import EmbeddingError
 
     procs = process_state()
-    errors = (ConfigError, DataError, EmbeddingError, CodeTableError, CheckpointError, *errors)
+    errors = (EtegrlError, *errors)
 
     def fail(err, everywhere: bool = True) -> int:
         if everywhere or procs.is_main_process:

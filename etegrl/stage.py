@@ -19,8 +19,9 @@ from transformers import set_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import config_values
 from .data import exclude_history, item_counts, load_processed, write_topk
-from .distributed import Processes, keep_freed_memory, set_threads
+from .distributed import Processes, set_threads
 from .evaluation import evaluate_generative, protocol
+from .malloc import keep_freed_memory
 from .metrics import most_popular
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .tracking import Trackers

@@ -4,8 +4,6 @@ NDCG@10 (the official ETEGRec finetune, with every hyper-parameter in the config
 
 from __future__ import annotations
 
-import torch
-
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.losses import code_loss
 from etegrl.model import set_dropout, training_outputs

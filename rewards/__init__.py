@@ -34,8 +34,10 @@ import threading
 import warnings
 from pathlib import Path
 
+from etegrl.errors import EtegrlError
 
-class RewardError(ValueError):
+
+class RewardError(EtegrlError):
     """A reward function that cannot be loaded, raises, or returns the wrong thing."""
 
 

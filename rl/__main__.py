@@ -3,15 +3,13 @@
 import sys
 
 from etegrl.runs import run_stage
-from rewards import RewardError
 
 from .config import RLConfig
 from .loop import RLStage
 
 
 def main(argv=None) -> int:
-    return run_stage(RLConfig, RLStage, argv, prog="accelerate launch -m rl",
-                     errors=(RewardError,))
+    return run_stage(RLConfig, RLStage, argv, prog="accelerate launch -m rl")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 from trl.trainer.utils import disable_dropout_in_model
 

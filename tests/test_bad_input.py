@@ -35,7 +35,7 @@ def test_empty_history_in_a_sequence_file(tmp_path, capsys):
 
 def test_empty_history_in_a_presplit_row(tmp_path, capsys):
     from etegrl.data import DataError
-    from etegrl.data.readers import read_source
+    from etegrl.data import read_source
 
     write(tmp_path / "E.emb_map.json", json.dumps({"x": 1, "y": 2, "z": 3}))
     rows = {"train": {"user_id": "u", "inter_history": [], "target_id": "x"},

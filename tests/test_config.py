@@ -97,7 +97,7 @@ def test_large_tensors_come_from_the_heap_after_keep_freed_memory(monkeypatch):
 
     import torch
 
-    from etegrl.distributed import keep_freed_memory
+    from etegrl.malloc import keep_freed_memory
 
     monkeypatch.setenv("ETEGRL_SYSTEM_MALLOC", "1")
     assert keep_freed_memory() is False

@@ -1,7 +1,6 @@
 """Every value checked where it enters: one clear error naming the file, line or key (no
 traceback), values read back exactly as written, checkpoints matched to their data."""
 
-import json
 import shutil
 import warnings
 
@@ -11,7 +10,7 @@ import torch
 
 import rewards
 from etegrl.data import DataError, RawData, build_splits, load_processed, save_processed
-from etegrl.data.readers import read_source
+from etegrl.data import read_source
 from etegrl.prepare import main as prepare_main
 from etegrl.recommend import main as recommend_main
 from etegrl.report import main as report_main

@@ -1,7 +1,8 @@
 """Data: source readers → one in-memory form → leave-one-out splits → datasets on disk."""
 
 from .batching import capped_row_indices, length_bucketed_batches, pad_histories
-from .readers import DataError, RawData, read_source, source_files
+from .readers import DataError, RawData
+from .sources import read_source, source_files
 from .split import (Processed, build_splits, exclude_history, item_counts, load_processed,
                     read_topk, repeat_rate, save_processed, write_topk)
 

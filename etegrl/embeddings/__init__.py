@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..errors import EtegrlError
 from ..files import read_tensors
 
 PARTS = ("sasrec", "text", "tags", "file")
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(EtegrlError):
     """An embedding matrix with the wrong shape or non-finite values; names the file."""
 
 
