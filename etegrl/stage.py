@@ -49,11 +49,26 @@ class Stage:
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
         self.out = Path(cfg.output_dir)
+        # filled by setup(): begin() the process, device and data; load_start() or the stage
+        # the model, tokenizer and code table; the stage its training rows and optimiser
+        self.procs: Processes | None = None
+        self.device: torch.device | None = None
+        self.data = None  # etegrl.data.Processed
+        self.popular: torch.Tensor | None = None  # the 10 most popular training items
+        self.exclude = False  # history items left out of the rankings
+        self.model = None  # ETEGRecModel (the trained one)
+        self.tokenizer = None  # RQVAE
+        self.table = None  # CodeTable: item ↔ codes, the trie
+        self.tokenizer_args: dict = {}
+        self.source_info: dict = {}  # the start checkpoint's info.json
+        self.rows = None  # RowEpochs or SequenceEpochs
+        self.opt = self.sched = None
+        self.last_epoch_losses: dict[str, float] = {}
+        self.batch_targets: torch.Tensor | None = None  # the whole global batch's targets
         self.step = 0
         self.log_file = None
         self.trackers = None
         self.resume_state = None
-        self.procs = None
         self.share = 1.0  # this process's part of the current global batch
         self.skip = 0  # batches of the current epoch already done before a resume
         self.epoch_sums: dict[str, float] = {}
