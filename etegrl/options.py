@@ -3,6 +3,7 @@ supervised stages (pretrain, finetune): dataclass mixins of the stage configs.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,37 @@ class EvalOptions:
         check_report_to(self.report_to)
         require(self, 1, "eval_every", "beam", "eval_batch_size")
         require(self, 0, "patience", "valid_users", "threads", "save_state_every", "time_budget")
+
+
+@dataclass
+class StepOptions:
+    """trl's (TrainingArguments') step options, for a loop counted in optimiser steps (finetune
+    and rl; pretraining alternates whole tokenizer and recommender epochs and keeps epochs)."""
+
+    max_steps: int = option(-1, "Stop after this many optimiser steps, within an epoch if need be; it overrides the epochs and the learning-rate schedule spans these steps (≤ 0 = the epochs decide).")
+    logging_steps: float = option(1, "One record in log.jsonl and the trackers per this many optimiser steps, the means over them (and one at each epoch's end); < 1: a share of the run's steps.")
+    eval_steps: float | None = option(None, "Validate every this many optimiser steps (and after the last) instead of every eval_every epochs; < 1: a share of the run's steps; unset = by epochs. Early stopping (patience) counts these validations.")
+    save_steps: float = option(0, "Also save the resumable state every this many optimiser steps (0 = off; save_state_every counts batches); < 1: a share of the run's steps.")
+
+    def check_steps(self) -> None:
+        require(self, 0, "eval_steps", "save_steps")
+        require(self, 0, "logging_steps", above=True)
+        for key in ("logging_steps", "eval_steps", "save_steps"):
+            value = getattr(self, key)
+            if value and value > 1 and value != int(value):
+                raise ValueError(f"key '{key}' must be a whole number of steps or a share "
+                                 f"below 1, got {value!r}")
+        if self.eval_steps and self.eval_every != 1:
+            raise ValueError(f"key 'eval_steps' ({self.eval_steps:g}) and eval_every "
+                             f"({self.eval_every}) both set when to validate: set one of them")
+
+
+def step_count(value: float | None, total: int) -> int:
+    """A TrainingArguments *_steps value in steps: a count, or a share of the run's ``total``
+    steps when below 1; 0 when unset."""
+    if not value:
+        return 0
+    return max(1, math.ceil(round(value * total, 6))) if value < 1 else int(value)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .distributed import Processes, set_threads
 from .evaluation import evaluate_generative, protocol
 from .malloc import keep_freed_memory
 from .metrics import most_popular
+from .options import step_count
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .tracking import Trackers
 from .training import EarlyStopping, clip_gradients
@@ -233,7 +234,7 @@ class Stage:
 
     def fit_epoch(self, epoch: int, kind: str, loss_fn, opt, sched) -> dict:
         """One epoch of ``self.rows``: ``loss_fn(*batch)`` → dict of losses with "total"."""
-        bar = self.progress_bar(self.epoch_batches(epoch), epoch, kind)
+        bar = self.progress_bar(self.epoch_batches(epoch, kind), epoch, kind)
         for batch in bar:
             opt.zero_grad(set_to_none=True)
             values = {}
@@ -394,6 +395,17 @@ class Stage:
             f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
             + f" | distinct top-1 {test['distinct_top1']} | {train_seconds:.0f}s")
         return results
+
+    def plan_steps(self, total: int) -> int:
+        """trl's step options of the config (``StepOptions``; absent = off) for a run of
+        ``total`` optimiser steps by its epochs → the steps it will run (``max_steps`` wins)."""
+        cfg = self.cfg
+        if getattr(cfg, "max_steps", -1) > 0:
+            total = self.max_steps = cfg.max_steps
+        self.logging_steps = step_count(getattr(cfg, "logging_steps", 1), total) or 1
+        self.eval_steps = step_count(getattr(cfg, "eval_steps", 0), total)
+        self.save_steps = step_count(getattr(cfg, "save_steps", 0), total)
+        return total
 
     def planned_epochs(self) -> int:
         """Epochs the loop may run: the config's, or with ``max_steps`` as many as it needs

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, TrainOptions
+from etegrl.options import EvalOptions, StepOptions, TrainOptions
 
 
 @dataclass
-class FinetuneConfig(TrainOptions, EvalOptions):
+class FinetuneConfig(StepOptions, TrainOptions, EvalOptions):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint")
 
@@ -35,6 +35,7 @@ class FinetuneConfig(TrainOptions, EvalOptions):
 
     def __post_init__(self):
         self.check_training()
+        self.check_steps()
         require(self, 0, "lr", above=True)
         require(self, 1, "lora_r", "lora_alpha")
         require(self, 0, "lora_dropout", high=1, below_high=True)

@@ -32,8 +32,8 @@ class FinetuneStage(Stage):
                                     causal=self.model.config.causal_encoder)
         self.opt, self.sched = adamw_cosine(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-            total_steps=self.rows.batches_per_epoch() * cfg.epochs, warmup_ratio=cfg.warmup_ratio,
-            warmup_steps=cfg.warmup_steps)
+            total_steps=self.plan_steps(self.rows.batches_per_epoch() * cfg.epochs),
+            warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
 
     def batch_losses(self, hist, targets):
         with self.autocast():

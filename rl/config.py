@@ -17,7 +17,7 @@ import torch
 from trl import GRPOConfig
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions
+from etegrl.options import EvalOptions, StepOptions
 
 
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
@@ -35,7 +35,7 @@ TRL_FIELD_HINTS = {
 
 
 @dataclass
-class RLConfig(EvalOptions, GRPOConfig):
+class RLConfig(EvalOptions, StepOptions, GRPOConfig):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint", "reward_funcs")
 
@@ -46,9 +46,6 @@ class RLConfig(EvalOptions, GRPOConfig):
     max_len: int = option(50, "History items the policy reads (the last ones).")
     epochs: int = option(1, "Passes over the training rows (each capped by rows_per_user); or set num_train_epochs (trl's name), not both.")
     num_train_epochs: float | None = option(None, "trl's name for epochs (a whole number here; max_steps stops within an epoch).")
-    logging_steps: float = option(1, "One record in log.jsonl and the trackers per this many optimiser steps, the means over them (and one at each epoch's end); < 1: a share of the run's steps.")
-    eval_steps: float | None = option(None, "Validate every this many optimiser steps (and after the last) instead of every eval_every epochs; < 1: a share of the run's steps; unset = by epochs. Early stopping (patience) counts these validations.")
-    save_steps: float = option(0, "Also save the resumable state every this many optimiser steps (0 = off; save_state_every counts batches); < 1: a share of the run's steps.")
     rows_per_user: int = option(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
     prompt_rows: Literal["random", "recent"] = option("random", "Which rows_per_user rows: drawn at random each epoch, or each user's most recent training rows (the histories closest to validation and test).")
     group_source: Literal["beam", "sampling"] = option("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
@@ -85,10 +82,9 @@ class RLConfig(EvalOptions, GRPOConfig):
         require(self, 2, "num_generations")  # a group of one has no advantage
         require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
                 "lora_alpha")
-        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout",
-                "eval_steps", "save_steps")
-        require(self, 0, "logging_steps", above=True)
+        require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 1, "gradient_accumulation_steps")
+        self.check_steps()
         self.resolve_steps()
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "lora_dropout", high=1, below_high=True)
@@ -108,13 +104,7 @@ class RLConfig(EvalOptions, GRPOConfig):
                              f"{len(self.reward_funcs)} reward_funcs")
 
     def resolve_steps(self) -> None:
-        """trl's step and epoch names: num_train_epochs is epochs' other name (one of them);
-        *_steps are whole counts or shares (< 1) of the run; eval_steps replaces eval_every."""
-        for key in ("logging_steps", "eval_steps", "save_steps"):
-            value = getattr(self, key)
-            if value and value > 1 and value != int(value):
-                raise ValueError(f"key '{key}' must be a whole number of steps or a share "
-                                 f"below 1, got {value!r}")
+        """num_train_epochs, trl's name, is epochs' other name: one of them."""
         if self.num_train_epochs is not None:
             n = self.num_train_epochs
             if n < 1 or n != int(n):
@@ -124,9 +114,6 @@ class RLConfig(EvalOptions, GRPOConfig):
                 raise ValueError(f"key 'num_train_epochs' ({n:g}) and epochs ({self.epochs}) "
                                  f"are the same option: set one of them")
             self.epochs = int(n)
-        if self.eval_steps and self.eval_every != 1:
-            raise ValueError(f"key 'eval_steps' ({self.eval_steps:g}) and eval_every "
-                             f"({self.eval_every}) both set when to validate: set one of them")
 
     @classmethod
     def unused_field_error(cls, name: str) -> str | None:
@@ -156,7 +143,8 @@ class RLConfig(EvalOptions, GRPOConfig):
 
 
 def _ours() -> set[str]:
-    return set(RLConfig.__annotations__) | {f.name for f in dataclasses.fields(EvalOptions)}
+    return (set(RLConfig.__annotations__) | {f.name for f in dataclasses.fields(EvalOptions)}
+            | {f.name for f in dataclasses.fields(StepOptions)})
 
 
 def _trl_fields() -> set[str]:

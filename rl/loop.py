@@ -13,7 +13,6 @@ process, so groups never straddle processes.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,13 +88,7 @@ class RLStage(Stage):
         self.open_log()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        total = self.rows.batches_per_epoch() * cfg.epochs * cfg.num_iterations
-        if cfg.max_steps > 0:  # trl: max_steps overrides the epochs
-            total = self.max_steps = cfg.max_steps
-        # trl's step counts: an integer, or a share of the run's steps when < 1
-        self.logging_steps = _steps(cfg.logging_steps, total) or 1
-        self.eval_steps = _steps(cfg.eval_steps, total)
-        self.save_steps = _steps(cfg.save_steps, total)
+        total = self.plan_steps(self.rows.batches_per_epoch() * cfg.epochs * cfg.num_iterations)
         # TrainingArguments' warmup_steps: a count of steps, or a share of them when < 1
         warmup = cfg.warmup_steps if cfg.warmup_steps >= 1 else cfg.warmup_steps * total
         self.sched = get_scheduler(cfg.lr_scheduler_type, self.opt, num_warmup_steps=int(warmup),
@@ -283,13 +276,6 @@ class RLStage(Stage):
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
                 "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
                 "codes": self.source_info.get("codes", {})}
-
-
-def _steps(value: float | None, total: int) -> int:
-    """TrainingArguments' *_steps: a count, or a share of the run's ``total`` steps when < 1."""
-    if not value:
-        return 0
-    return max(1, math.ceil(value * total)) if value < 1 else int(value)
 
 
 def future_items(splits, n: int) -> list[list[int]]:

@@ -147,3 +147,30 @@ def test_trackers_get_the_logged_scalars(tiny_data, trained_run, tmp_path):
         [r["valid"]["ndcg@10"] for r in valid], rel=1e-6)
     test = json.loads((out / "results.json").read_text())["test"]
     assert events.Scalars("test/recall@10")[-1].value == pytest.approx(test["recall@10"], rel=1e-6)
+
+
+def test_finetune_step_options(tiny_data, trained_run, tmp_path):
+    """trl's step names in finetune: max_steps ends within an epoch and sets the schedule's
+    length, eval_steps validates by steps, logging_steps writes window means."""
+    out = tmp_path / "ft"
+    assert main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                 f"output_dir={out}", "max_len=8", "epochs=5", "batch_size=8", "max_steps=5",
+                 "eval_steps=2", "logging_steps=2", "progress=false"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r]
+    assert [r["step"] for r in steps] == [2, 4, 5]
+    assert [r["after_step"] for r in log if "valid" in r] == [2, 4, 5]
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 5 and results["best_step"] in (2, 4, 5)
+    per_step = [r["code"] for r in steps]  # means of the window: finite losses
+    assert all(0 < v < 10 for v in per_step)
+    stage = FinetuneStage(FinetuneConfig(data_dir=str(tiny_data / "data"),
+                                         checkpoint=str(trained_run / "best"),
+                                         output_dir=str(tmp_path / "s"), max_len=8, epochs=5,
+                                         batch_size=8, max_steps=7), log=lambda *_: None)
+    stage.setup()
+    assert stage.sched.lr_lambdas[0](7) == 0.0  # the cosine schedule ends at max_steps
+    assert stage.planned_epochs() == 1 and stage.rows.batches_per_epoch() > 7
+    stage.cleanup()
+    with pytest.raises(ValueError, match="both set when to validate"):
+        FinetuneConfig(eval_steps=3, eval_every=2)
