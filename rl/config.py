@@ -56,6 +56,8 @@ class RLConfig(EvalOptions, StepOptions, GRPOConfig):
     teacher_items: int = option(0, "Replace the last N members of every group by the teacher's best items the group lacks (history items excluded where exclude_history is on), so that rewards can pull the policy toward items outside its beam. Needs teacher.")
     future_items: int = option(0, "Give reward functions `future`: each prompt's next N training items after its target (the built-in future_hit reward credits them); 0 = off.")
     future_discount: float = option(0.5, "future_hit's credit for the j-th next item: future_discount ** j.")
+    dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: draw dynamic_sampling_draws times the step's prompts, build and score all their groups, and train on the first groups (as many as a step holds) whose rewards are not all equal; groups with no reward spread carry no signal.")
+    dynamic_sampling_draws: int = option(4, "With dynamic_sampling: prompts drawn per group a step trains on (an epoch then takes fewer steps).")
     reward_timeout: float = option(0.0, "Seconds a reward function may take per call before the run stops with an error naming it (0 = no limit; Unix only).")
     patience: int = option(0, "Stop after this many validations without a better NDCG@10 (0 = never).")
     use_lora: bool = option(False, "Train LoRA adapters on the attention projections; merged on save.")
@@ -83,7 +85,7 @@ class RLConfig(EvalOptions, StepOptions, GRPOConfig):
         require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
                 "lora_alpha")
         require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
-        require(self, 1, "gradient_accumulation_steps")
+        require(self, 1, "gradient_accumulation_steps", "dynamic_sampling_draws")
         self.check_steps()
         self.resolve_steps()
         require(self, 0, "learning_rate", "temperature", above=True)

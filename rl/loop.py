@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from transformers import get_scheduler
-from trl.trainer.utils import disable_dropout_in_model
+from trl.trainer.utils import disable_dropout_in_model, nanstd
 
 import rewards
 from etegrl.generation import beam_search, sample_items
@@ -81,7 +81,8 @@ class RLStage(Stage):
         # micro-batch, gradient_accumulation_steps micro-batches per optimiser step
         self.rows = RowEpochs(self.data.splits["train"],
                               batch_size=cfg.users_per_step * self.procs.world
-                              * cfg.gradient_accumulation_steps,
+                              * cfg.gradient_accumulation_steps
+                              * (cfg.dynamic_sampling_draws if cfg.dynamic_sampling else 1),
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
                               recent=cfg.prompt_rows == "recent", with_rows=cfg.future_items > 0)
         self.future = future_items(self.data.splits, cfg.future_items) if cfg.future_items else None
@@ -171,7 +172,18 @@ class RLStage(Stage):
         scores = None if self.teacher is None else self.teacher.scores(hist, self.exclude)
         items, codes = self.make_groups(hist, targets, shared, scores)
         r, stats = self.group_rewards(hist, targets, items, codes, scores, rows)
-        adv, zero_std = group_advantages(r, cfg.scale_rewards)
+        spread = nanstd(r, dim=1) > 1e-8  # groups with a signal (NaN: fewer than 2 members)
+        stats["frac_reward_zero_std"] = 1.0 - spread.float().mean().item()
+        stats["reward"] = float(r.nanmean())
+        stats["group_hit_rate"] = (items == targets.unsqueeze(1)).any(1).float().mean().item()
+        if cfg.dynamic_sampling:  # the first groups with reward spread, as many as a step holds
+            keep = spread.nonzero().squeeze(1)[:-(-len(targets) // cfg.dynamic_sampling_draws)]
+            stats["kept_groups"] = len(keep) / len(targets)
+            tokens, mask, targets = tokens[keep], mask[keep], targets[keep]
+            items, codes, r = items[keep], codes[keep], r[keep]
+            encoded = None if encoded is None else encoded[keep]
+            shared = None if shared is None else shared[keep]
+        adv, _ = group_advantages(r, cfg.scale_rewards)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
         if cfg.logprob == "trie":
@@ -185,8 +197,6 @@ class RLStage(Stage):
             if cfg.num_iterations > 1:
                 old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
                 old_logps = code_logprobs(old_logits, flat, allowed)
-        stats.update({"reward": float(r.nanmean()), "frac_reward_zero_std": zero_std,
-                      "group_hit_rate": (items == targets.unsqueeze(1)).any(1).float().mean().item()})
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
                        valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
                        allowed=allowed, encoded=encoded if graph else None,
@@ -237,6 +247,8 @@ class RLStage(Stage):
             self.opt.zero_grad(set_to_none=True)
             sums = {}
             for ro in rollouts:
+                if not ro.valid.any():  # dynamic sampling kept no group of this micro-batch
+                    continue
                 loss, m = self.rollout_loss(ro)
                 weight = int(ro.valid.sum()) / max(1, members)
                 (loss * weight * self.share).backward()  # the global batch's mean

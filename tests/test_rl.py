@@ -215,3 +215,27 @@ def test_rl_with_future_hit(tiny_data, finetuned, tmp_path):
     stage.cleanup()
     with pytest.raises(ValueError, match="needs future_items"):
         config(tiny_data, finetuned, tmp_path, reward_funcs=["future_hit"])
+
+
+def test_dynamic_sampling_keeps_groups_with_reward_spread(tiny_data, finetuned, tmp_path):
+    from trl.trainer.utils import nanstd
+
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "d", dynamic_sampling=True,
+                           dynamic_sampling_draws=2, inject_target=False,
+                           reward_funcs=["hit", "ranking_penalty"]), log=lambda *_: None)
+    stage.setup()
+    assert stage.rows.batch_size == 20  # 10 users a step, drawn twice over
+    hist, targets = next(stage.rows.epoch())
+    stage.model.eval()
+    ro = stage.rollout(hist, targets)
+    items, codes = stage.make_groups(hist, targets)  # the same groups, as no step was taken
+    r, _ = stage.group_rewards(hist, targets, items, codes)
+    spread = (nanstd(r, dim=1) > 1e-8).nonzero().squeeze(1)
+    users = ro.codes.shape[0]
+    assert 0 < users == min(10, len(spread)) and ro.stats["kept_groups"] == users / 20
+    assert torch.equal(ro.codes, codes[spread[:users]])  # the first groups with a signal
+    assert ro.stats["frac_reward_zero_std"] == pytest.approx(1 - len(spread) / 20)
+    assert ro.advantages.abs().reshape(users, -1).sum(1).gt(0).all()  # every kept group learns
+    stats = stage.step_on(hist, targets)
+    assert "kept_groups" in stats and stage.step == 1
+    stage.cleanup()
