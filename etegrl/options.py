@@ -36,6 +36,21 @@ class EvalOptions:
 
 
 @dataclass
+class LoraOptions:
+    """peft LoRA adapters instead of training all weights (finetune and rl)."""
+
+    use_lora: bool = option(False, "Train LoRA adapters on the attention projections instead of all weights; merged into a plain model on save.")
+    lora_r: int = option(8, "LoRA rank.")
+    lora_alpha: int = option(16, "LoRA alpha.")
+    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters (T5 attention: q, k, v, o).")
+
+    def check_lora(self) -> None:
+        require(self, 1, "lora_r", "lora_alpha")
+        require(self, 0, "lora_dropout", high=1, below_high=True)
+
+
+@dataclass
 class StepOptions:
     """trl's (TrainingArguments') step options, for a loop counted in optimiser steps (finetune
     and rl; pretraining alternates whole tokenizer and recommender epochs and keeps epochs)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, StepOptions, TrainOptions
+from etegrl.options import EvalOptions, LoraOptions, StepOptions, TrainOptions
 
 
 @dataclass
-class FinetuneConfig(StepOptions, TrainOptions, EvalOptions):
+class FinetuneConfig(LoraOptions, StepOptions, TrainOptions, EvalOptions):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint")
 
@@ -27,18 +27,12 @@ class FinetuneConfig(StepOptions, TrainOptions, EvalOptions):
     warmup_ratio: float = option(0.0, "Share of steps in linear warm-up before the cosine decay (official: none; used when warmup_steps is 0).")
     dropout_rate: float = option(-1.0, "Override the checkpoint's T5 dropout (< 0 keeps it).")
     bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
-    use_lora: bool = option(False, "Train LoRA adapters on the attention projections instead of all weights; merged on save.")
-    lora_r: int = option(8, "LoRA rank.")
-    lora_alpha: int = option(16, "LoRA alpha.")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
-    lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters (T5 attention: q, k, v, o).")
 
     def __post_init__(self):
         self.check_training()
         self.check_steps()
         require(self, 0, "lr", above=True)
-        require(self, 1, "lora_r", "lora_alpha")
-        require(self, 0, "lora_dropout", high=1, below_high=True)
+        self.check_lora()
         if self.dropout_rate >= 1:
             raise ValueError(f"key 'dropout_rate' must be < 1 (< 0 keeps the checkpoint's), got "
                              f"{self.dropout_rate}")

@@ -17,7 +17,7 @@ import torch
 from trl import GRPOConfig
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, StepOptions
+from etegrl.options import EvalOptions, LoraOptions, StepOptions
 
 
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
@@ -35,7 +35,7 @@ TRL_FIELD_HINTS = {
 
 
 @dataclass
-class RLConfig(EvalOptions, StepOptions, GRPOConfig):
+class RLConfig(LoraOptions, EvalOptions, StepOptions, GRPOConfig):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint", "reward_funcs")
 
@@ -60,11 +60,6 @@ class RLConfig(EvalOptions, StepOptions, GRPOConfig):
     dynamic_sampling_draws: int = option(4, "With dynamic_sampling: prompts drawn per group a step trains on (an epoch then takes fewer steps).")
     reward_timeout: float = option(0.0, "Seconds a reward function may take per call before the run stops with an error naming it (0 = no limit; Unix only).")
     patience: int = option(0, "Stop after this many validations without a better NDCG@10 (0 = never).")
-    use_lora: bool = option(False, "Train LoRA adapters on the attention projections; merged on save.")
-    lora_r: int = option(8, "LoRA rank.")
-    lora_alpha: int = option(16, "LoRA alpha.")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
-    lora_targets: list[str] = option(["q", "k", "v", "o"], "Module names that get adapters.")
     # trl defaults that do not suit this CPU-first setting
     bf16: bool = option(False, "Mixed precision: the policy's and reference's forward passes in the update under bf16 autocast; weights, optimiser, losses and group generation stay fp32 (trl's default is True; ours is off, as it pays only on GPUs and CPUs with native bf16).")
     # TrainingArguments rebuilds accelerate's process state from this; without it, processes
@@ -82,14 +77,13 @@ class RLConfig(EvalOptions, StepOptions, GRPOConfig):
         self.refuse_unused_trl_fields()
         self.check_eval()
         require(self, 2, "num_generations")  # a group of one has no advantage
-        require(self, 1, "epochs", "max_len", "per_device_train_batch_size", "lora_r",
-                "lora_alpha")
+        require(self, 1, "epochs", "max_len", "per_device_train_batch_size")
+        self.check_lora()
         require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 1, "gradient_accumulation_steps", "dynamic_sampling_draws")
         self.check_steps()
         self.resolve_steps()
         require(self, 0, "learning_rate", "temperature", above=True)
-        require(self, 0, "lora_dropout", high=1, below_high=True)
         require(self, 0, "teacher_items", high=self.num_generations)
         require(self, 0, "future_items")
         require(self, 0, "future_discount", high=1)
@@ -146,7 +140,8 @@ class RLConfig(EvalOptions, StepOptions, GRPOConfig):
 
 def _ours() -> set[str]:
     return (set(RLConfig.__annotations__) | {f.name for f in dataclasses.fields(EvalOptions)}
-            | {f.name for f in dataclasses.fields(StepOptions)})
+            | {f.name for f in dataclasses.fields(StepOptions)}
+            | {f.name for f in dataclasses.fields(LoraOptions)})
 
 
 def _trl_fields() -> set[str]:
