@@ -157,7 +157,7 @@ def _run(cfg: PrepareConfig, log=print) -> dict:
 
     parts: dict[str, torch.Tensor] = {}
     exclude = exclude_history(cfg.exclude_history, data.splits)
-    summary = {"stats": s, "exclude_history": exclude,
+    summary = {"stats": s, "exclude_history": exclude, "device": str(device),
                "most_popular": most_popular_baseline(data, out, log, exclude=exclude)}
     emb_dir = out / "embeddings"
     if cfg.sasrec_epochs > 0:

@@ -380,7 +380,8 @@ class Stage:
         self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]
         test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
         results = {"stage": self.name, "best_epoch": best_epoch, "best_step": self.best_step,
-                   "steps": self.step, "valid": best["info"]["valid"],
+                   "steps": self.step, "device": str(self.device),
+                   "bf16": bool(getattr(cfg, "bf16", False)), "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
                    "protocol": protocol(beam=cfg.beam, code_len=self.table.code_len,
                                         exclude=self.exclude),
