@@ -20,6 +20,7 @@ class EvalOptions:
     time_budget: float = option(0.0, "Stop training after the first epoch that ends past this many seconds (validating it), whatever epochs says; 0 = no budget. With patience, a budget instead of an epoch count fitted to one dataset.")
     beam: int = option(20, "Beam size of evaluation.")
     eval_batch_size: int = option(128, "Users per beam-search batch.")
+    select: Literal["best", "last"] = option("best", "The checkpoint kept in best/ and tested: the one with the best validation NDCG@10, or the last validated (the final weights; no selection on the validation set, e.g. to measure what training itself did, paired against its start).")
     valid_users: int = option(0, "Validate on a fixed random subset of this many users (0 = all); test always uses all.")
     exclude_history: Literal["auto", "always", "never"] = option("auto", "Never recommend an item already in the user's history: always, never, or auto = when no training target repeats an item of its own history (ratings data such as MovieLens). Applies to validation, test and generated groups; the prepare step's baselines follow the same rule.")
     logprob: Literal["full", "trie"] = option("full", "Code distribution of the training loss, beam scores and GRPO log-probabilities: softmax over all codes (full), or over the trie's valid codes only (trie: the loss is then the item's likelihood among valid items, and the model need not learn which codes exist).")

@@ -434,7 +434,8 @@ class Stage:
         # "after_step", not "step": a record with "step" is a training step's
         self.write_log({"epoch": epoch, "after_step": self.step, "kind": kind, "valid": valid,
                         **info})
-        if self.stopper.update(valid["ndcg@10"]):
+        better = self.stopper.update(valid["ndcg@10"])
+        if better or cfg.select == "last":  # last: every validation replaces best/
             self.best_epoch, self.best_step = epoch, self.step
             self.save("best", {"epoch": epoch, "step": self.step, "valid": valid, **info})
         if self.stopper.stop:

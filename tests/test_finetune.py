@@ -174,3 +174,26 @@ def test_finetune_step_options(tiny_data, trained_run, tmp_path):
     stage.cleanup()
     with pytest.raises(ValueError, match="both set when to validate"):
         FinetuneConfig(eval_steps=3, eval_every=2)
+
+
+def test_select_last_keeps_the_final_weights(tiny_data, trained_run, tmp_path):
+    out = tmp_path / "last"
+    assert main([f"data_dir={tiny_data / 'data'}", f"checkpoint={trained_run / 'best'}",
+                 f"output_dir={out}", "max_len=8", "epochs=3", "batch_size=16", "select=last",
+                 "lr=5e-2", "save_state_every=0", "progress=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    valid = [r["valid"]["ndcg@10"] for r in log if "valid" in r]
+    assert len(valid) == 3 and results["best_epoch"] == 2
+    assert results["valid"]["ndcg@10"] == valid[-1]  # the last validation's, best or not
+    stage = FinetuneStage(FinetuneConfig(data_dir=str(tiny_data / "data"),
+                                         checkpoint=str(trained_run / "best"),
+                                         output_dir=str(tmp_path / "hand"), max_len=8, epochs=3,
+                                         batch_size=16, lr=5e-2,
+                                         save_state_every=0), log=lambda *_: None)
+    stage.setup()
+    for epoch in range(3):  # the same run by hand, to its final weights
+        stage.run_epoch(epoch)
+    final = {k: v for k, v in stage.model.state_dict().items()}
+    kept = load_checkpoint(out / "best")["model"].state_dict()
+    assert all(torch.equal(final[k], kept[k]) for k in final)
