@@ -53,6 +53,25 @@ def compare(pairs: list[tuple[Path, Path]], *, samples: int = 10000, seed: int =
     return out
 
 
+def with_start(checkpoint: str, topk: Path, log=print) -> dict | None:
+    """For a stage that started from ``checkpoint`` whose stage wrote its test lists: the
+    per-user test difference (``topk`` − start) in NDCG@10 and Recall@10 with a 95% bootstrap
+    interval (users resampled), logged; None when there is nothing to pair."""
+    start = Path(checkpoint).parent / "test_topk.jsonl"
+    if not checkpoint or not start.is_file():
+        return None
+    try:
+        paired = compare([(start, topk)])
+    except ValueError as err:  # another split or other users: nothing to pair
+        log(f"no paired comparison with the start ({err})")
+        return None
+    for name, r in paired.items():
+        log(f"{name} vs the start ({start.parent.name}): {r['a']:.4f} → {r['b']:.4f}, "
+            f"per-user difference {r['mean']:+.4f} [95% interval {r['low']:+.4f}, "
+            f"{r['high']:+.4f}] over {r['users']} users")
+    return paired
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m etegrl.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -35,6 +35,14 @@ def set_threads(threads: int = 0) -> int:
     return threads
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's own check; False if unknown)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def process_state() -> PartialState:
     """accelerate's process facts; gloo on CPU-only machines, where ``accelerate launch
     --multi_gpu`` starts the processes but accelerate would otherwise not join them."""

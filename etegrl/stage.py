@@ -1,5 +1,6 @@
 """What every training stage shares: the step loop of an epoch, validation by beam search,
-best checkpoint by validation NDCG@10, early stopping, the test evaluation, the JSONL log.
+best checkpoint by validation NDCG@10, early stopping, the test evaluation (the JSONL log
+and trackers: ``etegrl.steplog``).
 
 A stage subclasses ``Stage`` (torchtune-style ``setup`` / ``train`` / ``cleanup``) and fills
 in ``setup`` and ``run_epoch``; its config needs the fields used here (epochs, eval_every,
@@ -17,30 +18,16 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import config_values
+from .compare import with_start
 from .data import exclude_history, item_counts, load_processed, write_topk
-from .distributed import Processes, set_threads
+from .distributed import Processes, native_bf16, set_threads
 from .evaluation import evaluate_generative, protocol
 from .malloc import keep_freed_memory
 from .metrics import most_popular
 from .options import step_count
 from .resume import load_state, rng_state, save_state, set_rng_state
-from .tracking import Trackers
+from .steplog import StepLog, crossed
 from .training import EarlyStopping, clip_gradients
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    """Whether a multiple of ``every`` (> 0) lies in (before, after]: a step-counted event is
-    due after a batch that took the step count from ``before`` to ``after``."""
-    return bool(every) and after // every > before // every
-
-
-def _native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (oneDNN's own check; False if unknown)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class Stage:
@@ -67,13 +54,10 @@ class Stage:
         self.last_epoch_losses: dict[str, float] = {}
         self.batch_targets: torch.Tensor | None = None  # the whole global batch's targets
         self.step = 0
-        self.log_file = None
-        self.trackers = None
+        self.steplog = StepLog()  # log.jsonl, trackers, epoch means, the logging window
         self.resume_state = None
         self.share = 1.0  # this process's part of the current global batch
         self.skip = 0  # batches of the current epoch already done before a resume
-        self.epoch_sums: dict[str, float] = {}
-        self.epoch_n = 0
         self.stopper = EarlyStopping(cfg.patience)
         self.best_epoch = -1
         self.best_step = -1
@@ -82,9 +66,7 @@ class Stage:
         self.max_steps = 0  # stop after this many steps (0 = when the epochs end)
         self.eval_steps = 0  # validate every N steps instead of every eval_every epochs
         self.save_steps = 0  # also save the resumable state every N steps
-        self.logging_steps = 1  # one log record per N steps: the means over them
         self.valid_step = -1  # step of the last validation
-        self.window: dict = {"sums": {}, "n": 0, "logged_step": 0}  # steps not yet logged
 
     # ---- hooks ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -129,7 +111,7 @@ class Stage:
         self.popular = most_popular(item_counts(self.data.splits, self.data.n_items), 10)
         self.exclude = exclude_history(self.cfg.exclude_history, self.data.splits)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
-        if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not _native_bf16():
+        if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not native_bf16():
             self.log("warning: bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "
                      "its matmuls are emulated and slower than fp32; set bf16=false")
 
@@ -146,25 +128,12 @@ class Stage:
     def open_log(self) -> None:
         """The JSONL log (main process only); a resumed run cuts it back to where its state
         was saved."""
-        if not self.procs.is_main:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "log.jsonl"
-        if self.resume_state is None:
-            self.log_file = open(path, "w")
-        else:
-            with open(path, "a") as f:
-                f.truncate(self.resume_state["log_offset"])
-            self.log_file = open(path, "a")
-        self.trackers = Trackers(self.cfg.report_to, run_name=self.cfg.run_name or self.out.name,
-                                 out_dir=self.out, config=config_values(self.cfg))
+        if self.procs.is_main:
+            self.steplog.open(self.out, self.cfg, None if self.resume_state is None
+                              else self.resume_state["log_offset"])
 
     def write_log(self, record: dict) -> None:
-        if self.log_file is None:
-            return
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
-        self.trackers.log(record, step=record.get("step", self.step))
+        self.steplog.write(record, self.step)
 
     def training_done(self) -> bool:
         """Early stopping has fired, or ``max_steps`` optimiser steps are done."""
@@ -177,7 +146,7 @@ class Stage:
         batch once ``training_done``."""
         skip, self.skip = self.skip, 0
         if not skip:
-            self.epoch_sums, self.epoch_n = {}, 0
+            self.steplog.new_epoch()
         total, every = self.rows.batches_per_epoch(), self.cfg.save_state_every
         for i, batch in enumerate(self.rows.epoch(self.device, skip=skip), start=skip):
             if self.training_done():
@@ -188,33 +157,16 @@ class Stage:
             self.batch_targets = batch[1]  # the whole global batch's, for losses over its items
             before = self.step
             yield tuple(x[part] for x in batch)  # the caller trains on it before the next
-            if _crossed(before, self.step, self.eval_steps):
+            if crossed(before, self.step, self.eval_steps):
                 self.validate(epoch, kind)
-            due = (every and (i + 1) % every == 0) or _crossed(before, self.step, self.save_steps)
+            due = (every and (i + 1) % every == 0) or crossed(before, self.step, self.save_steps)
             if due and i + 1 < total:
                 self.save_state(epoch, i + 1)
 
     def record(self, epoch: int, kind: str, values: dict) -> None:
-        """Add one training batch's values to the epoch's means and to the log window; the
-        window is written (its means) once ``logging_steps`` steps have passed since the last
-        record, and at the end of each epoch (``epoch_means``)."""
-        window = self.window
-        for k, v in values.items():
-            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
-            window["sums"][k] = window["sums"].get(k, 0.0) + v
-        self.epoch_n += 1
-        window["n"] += 1
-        window["epoch"], window["kind"] = epoch, kind
-        if _crossed(window["logged_step"], self.step, self.logging_steps):
-            self.flush_window()
-
-    def flush_window(self) -> None:
-        window = self.window
-        if window["n"]:
-            means = {k: v / window["n"] for k, v in window["sums"].items()}
-            self.write_log({"epoch": window["epoch"], "step": self.step, "kind": window["kind"],
-                            **means})
-        self.window = {"sums": {}, "n": 0, "logged_step": self.step}
+        """One training batch's values into the epoch's means and the log (one record per
+        ``logging_steps`` steps, and one at the end of each epoch: ``epoch_means``)."""
+        self.steplog.add(epoch, kind, values, self.step)
 
     def code_mask(self, target_codes: torch.Tensor) -> torch.Tensor | None:
         """With ``logprob=trie`` the code loss's softmax runs over the trie's valid codes, the
@@ -262,9 +214,8 @@ class Stage:
         return norm
 
     def epoch_means(self, keep=None) -> dict:
-        self.flush_window()
-        self.last_epoch_losses = {k: v / max(1, self.epoch_n) for k, v in self.epoch_sums.items()
-                                  if keep is None or k in keep}
+        self.steplog.flush(self.step)
+        self.last_epoch_losses = self.steplog.epoch_means(keep)
         return self.last_epoch_losses
 
     # ---- resumable state ------------------------------------------------------------------
@@ -277,9 +228,8 @@ class Stage:
         save_state(self.out, {
             "position": [epoch, batches_done], "step": self.step,
             "stopper": [self.stopper.best, self.stopper.bad], "best_epoch": self.best_epoch,
-            "best_step": self.best_step, "valid_step": self.valid_step, "window": self.window,
-            "elapsed": time.perf_counter() - self.t_start, "log_offset": self.log_file.tell(),
-            "epoch_sums": dict(self.epoch_sums), "epoch_n": self.epoch_n,
+            "best_step": self.best_step, "valid_step": self.valid_step,
+            "elapsed": time.perf_counter() - self.t_start, **self.steplog.state_dict(),
             "rng": rng_state(), "rows": self.rows.state_dict(),
             "objects": {k: v.state_dict() for k, v in self.state_objects().items()},
             "extra": self.extra_state()})
@@ -299,9 +249,8 @@ class Stage:
         self.step, self.best_epoch = state["step"], state["best_epoch"]
         self.best_step = state.get("best_step", -1)  # states saved before step-based options
         self.valid_step = state.get("valid_step", -1)
-        self.window = state.get("window", {"sums": {}, "n": 0, "logged_step": self.step})
+        self.steplog.load_state_dict(state, self.step)
         self.stopper.best, self.stopper.bad = state["stopper"]
-        self.epoch_sums, self.epoch_n = dict(state["epoch_sums"]), state["epoch_n"]
         self.t_start -= state["elapsed"]
         set_rng_state(state["rng"])
         return epoch, done
@@ -373,13 +322,11 @@ class Stage:
                 self.write_log({"epoch": epoch, "kind": "budget_spent",
                                 "seconds": time.perf_counter() - self.t_start})
                 break
-        start = self.t_start
-        best_epoch = self.best_epoch
-        train_seconds = time.perf_counter() - start
+        train_seconds = time.perf_counter() - self.t_start
         best = load_checkpoint(self.out / "best", device=self.device)
         self.model, self.tokenizer, self.table = best["model"], best["tokenizer"], best["table"]
         test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
-        results = {"stage": self.name, "best_epoch": best_epoch, "best_step": self.best_step,
+        results = {"stage": self.name, "best_epoch": self.best_epoch, "best_step": self.best_step,
                    "steps": self.step, "device": str(self.device),
                    "bf16": bool(getattr(cfg, "bf16", False)), "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
@@ -387,8 +334,9 @@ class Stage:
                                         exclude=self.exclude),
                    **{k: v for k, v in best["info"].items() if k not in ("valid", "epoch", "step")}}
         if self.procs.is_main:
-            self.trackers.log({"test": test}, step=self.step)
-            paired = self.paired_with_start()
+            self.steplog.trackers.log({"test": test}, step=self.step)
+            paired = with_start(getattr(cfg, "checkpoint", ""), self.out / "test_topk.jsonl",
+                                self.log)
             if paired:
                 results["paired_vs_start"] = paired
             (self.out / "results.json").write_text(json.dumps(results, indent=2))
@@ -403,7 +351,7 @@ class Stage:
         cfg = self.cfg
         if getattr(cfg, "max_steps", -1) > 0:
             total = self.max_steps = cfg.max_steps
-        self.logging_steps = step_count(getattr(cfg, "logging_steps", 1), total) or 1
+        self.steplog.logging_steps = step_count(getattr(cfg, "logging_steps", 1), total) or 1
         self.eval_steps = step_count(getattr(cfg, "eval_steps", 0), total)
         self.save_steps = step_count(getattr(cfg, "save_steps", 0), total)
         return total
@@ -442,31 +390,5 @@ class Stage:
             self.log(f"early stop: no better validation NDCG@10 in {cfg.patience} evaluations")
         self.epoch_t0 = time.perf_counter()
 
-    def paired_with_start(self) -> dict | None:
-        """For a stage that starts from a checkpoint whose stage wrote its test lists: the
-        per-user test difference (this − start) in NDCG@10 and Recall@10 with a 95% bootstrap
-        interval (users resampled), logged and kept in results.json."""
-        from .compare import compare
-
-        checkpoint = getattr(self.cfg, "checkpoint", "")
-        start = Path(checkpoint).parent / "test_topk.jsonl"
-        if not checkpoint or not start.is_file():
-            return None
-        try:
-            paired = compare([(start, self.out / "test_topk.jsonl")])
-        except ValueError as err:  # another split or other users: nothing to pair
-            self.log(f"no paired comparison with the start ({err})")
-            return None
-        for name, r in paired.items():
-            self.log(f"{name} vs the start ({start.parent.name}): {r['a']:.4f} → {r['b']:.4f}, "
-                     f"per-user difference {r['mean']:+.4f} [95% interval {r['low']:+.4f}, "
-                     f"{r['high']:+.4f}] over {r['users']} users")
-        return paired
-
     def cleanup(self) -> None:
-        if self.trackers is not None:
-            self.trackers.finish()
-            self.trackers = None
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
+        self.steplog.close()

@@ -21,6 +21,7 @@ from transformers import get_scheduler
 from trl.trainer.utils import disable_dropout_in_model, nanstd
 
 import rewards
+from etegrl.data import DataError
 from etegrl.generation import beam_search, sample_items
 from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
@@ -302,7 +303,7 @@ def future_items(splits, n: int) -> list[list[int]]:
         last_user = user
         seq = seqs[user]
         if position >= len(seq) or seq[position] != target:
-            raise ValueError(f"training rows of user {user} are not the prefixes of its training "
-                             f"sequence in order (a dataset written by another version?)")
+            raise DataError(f"training rows of user {user} are not the prefixes of its training "
+                            f"sequence in order (a dataset written by another version?)")
         out.append(list(seq[position + 1:position + 1 + n]))
     return out
