@@ -1,6 +1,7 @@
 """ETEGRec's losses, each a small pure function (the VQ loss lives with the tokenizer).
 
-code_loss  cross-entropy of the target's codes under the recommender, mean over positions
+code_loss  cross-entropy of the target's codes under the recommender, mean over positions,
+           optionally mixed with soft targets (a teacher's code distributions)
 sia_loss   symmetric KL, per level, between the tokenizer's code distribution for the target
            item and for the SIA-projected sequence state (Sequence-Item Alignment)
 psa_loss   InfoNCE with cosine similarity / τ between the PSA-projected decoder BOS state and
@@ -15,13 +16,22 @@ import torch.nn.functional as F
 
 
 def code_loss(logits: torch.Tensor, codes: torch.Tensor,
-              allowed: torch.Tensor | None = None) -> torch.Tensor:
+              allowed: torch.Tensor | None = None, soft: torch.Tensor | None = None,
+              soft_weight: float = 0.0) -> torch.Tensor:
     """``logits [B, T, C]``, ``codes [B, T]`` → mean cross-entropy over all B·T codes;
     ``allowed [B, T, C]``: the softmax of each position runs over these codes only (the trie's
-    valid continuations), so the loss is the item's negative log-likelihood among valid items."""
+    valid continuations), so the loss is the item's negative log-likelihood among valid items.
+    ``soft [B, T, C]`` (distributions, zero wherever ``allowed`` is False): the target of each
+    position is ``(1 − soft_weight) · one-hot(code) + soft_weight · soft`` (distillation)."""
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+    hard = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+    if soft is None or soft_weight == 0:
+        return hard
+    logp = F.log_softmax(logits.float(), -1)
+    # 0 · log 0 terms (codes the target distribution never names, masked to −inf) count 0
+    soft_ce = -torch.where(soft > 0, soft * logp, logp.new_zeros(())).sum(-1).mean()
+    return (1 - soft_weight) * hard + soft_weight * soft_ce
 
 
 def sia_loss(item_logits: torch.Tensor, seq_logits: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The prepare step trains SASRec on the training rows only (full-softmax cross-entropy over all
 items) and keeps it in ``<data_dir>/sasrec_model.safetensors``; its sizes are in the data
 folder's ``prepare_config.yaml``. Here it scores group members (their rank among all items the
-teacher would recommend) and proposes items the policy's beam does not hold.
+teacher would recommend) and proposes items the policy's beam does not hold; in the supervised
+stages its item distribution becomes soft targets of the code loss (``code_targets``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 
 from .embeddings import EmbeddingError
@@ -29,8 +31,11 @@ class Teacher:
                                  f"and prepare_config.yaml come from a prepare run with "
                                  f"sasrec_epochs > 0)")
         cfg = yaml.safe_load(config.read_text()) or {}
-        self.model = SASRec(n_items, hidden=cfg["sasrec_hidden"], layers=cfg["sasrec_layers"],
-                            heads=cfg["sasrec_heads"], dropout=0.0, max_len=cfg["max_len"])
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: a
+            # teacher leaves the run's random stream (dropout masks, row draws) as it was
+            self.model = SASRec(n_items, hidden=cfg["sasrec_hidden"],
+                                layers=cfg["sasrec_layers"], heads=cfg["sasrec_heads"],
+                                dropout=0.0, max_len=cfg["max_len"])
         try:
             self.model.load_state_dict(read_tensors(weights, EmbeddingError), strict=True)
         except RuntimeError as err:
@@ -80,3 +85,27 @@ def add_teacher_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> torc
         rest = [i for i in group[g - k:] if i not in extra][:k - len(extra)]
         rows.append(kept + extra + rest)
     return torch.tensor(rows, dtype=items.dtype, device=items.device)
+
+
+def code_targets(item_probs: torch.Tensor, item_codes: torch.Tensor, target_codes: torch.Tensor,
+                 code_num: int) -> torch.Tensor:
+    """The teacher's item distribution as per-position code targets along each target's path.
+
+    ``item_probs [B, N+1]`` (column = item id, rows sum to 1), ``item_codes [N+1, T]`` (row 0
+    padding), ``target_codes [B, T]`` → ``[B, T, code_num]``: position t holds the teacher's
+    distribution of the next code among the items that share the target's first t codes (the
+    conditional a teacher-forced decoder predicts there). Where the teacher gives that prefix no
+    mass at all (e.g. every such item is excluded), the target's own code gets it all.
+    """
+    b, t = target_codes.shape
+    codes = item_codes.to(target_codes.device)
+    out = item_probs.new_zeros(b, t, code_num)
+    match = torch.ones(b, codes.shape[0], dtype=torch.bool, device=target_codes.device)
+    for pos in range(t):
+        if pos:  # items whose first pos codes are the target's
+            match &= codes[None, :, pos - 1] == target_codes[:, pos - 1, None]
+        mass = item_probs * match
+        out[:, pos].scatter_add_(1, codes[:, pos].expand(b, -1), mass)
+    total = out.sum(-1, keepdim=True)
+    hard = F.one_hot(target_codes, code_num).to(out.dtype)
+    return torch.where(total > 0, out / total.clamp(min=1e-30), hard)

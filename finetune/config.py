@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, LoraOptions, StepOptions, TrainOptions
+from etegrl.options import DistillOptions, EvalOptions, LoraOptions, StepOptions, TrainOptions
 
 
 @dataclass
-class FinetuneConfig(LoraOptions, StepOptions, TrainOptions, EvalOptions):
+class FinetuneConfig(DistillOptions, LoraOptions, StepOptions, TrainOptions, EvalOptions):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint")
 
@@ -33,6 +33,7 @@ class FinetuneConfig(LoraOptions, StepOptions, TrainOptions, EvalOptions):
         self.check_steps()
         require(self, 0, "lr", above=True)
         self.check_lora()
+        self.check_distill()
         if self.dropout_rate >= 1:
             raise ValueError(f"key 'dropout_rate' must be < 1 (< 0 keeps the checkpoint's), got "
                              f"{self.dropout_rate}")

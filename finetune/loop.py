@@ -1,11 +1,11 @@
 """Finetuning: the pretrained recommender on the code cross-entropy alone, the tokenizer and
 the item codes fixed, a fresh AdamW with a cosine schedule, best checkpoint by validation
-NDCG@10 (the official ETEGRec finetune, with every hyper-parameter in the config)."""
+NDCG@10 (the official ETEGRec finetune, with every hyper-parameter in the config); optionally
+distilled from the prepare step's SASRec (``teacher``)."""
 
 from __future__ import annotations
 
 from etegrl.lora import apply_lora, merged_copy
-from etegrl.losses import code_loss
 from etegrl.model import set_dropout, training_outputs
 from etegrl.stage import Stage
 from etegrl.training import adamw_cosine, training_epochs
@@ -21,6 +21,7 @@ class FinetuneStage(Stage):
         cfg = self.cfg
         self.begin()
         self.load_start(cfg.checkpoint)
+        self.load_teacher()
         if cfg.dropout_rate >= 0:
             set_dropout(self.model, cfg.dropout_rate)
         self.peft = None
@@ -38,7 +39,7 @@ class FinetuneStage(Stage):
     def batch_losses(self, hist, targets):
         with self.autocast():
             out, _, target_codes = training_outputs(self.model, self.table.codes, hist, targets)
-        loss = code_loss(out["logits"], target_codes, self.code_mask(target_codes))
+        loss = self.code_loss(out["logits"], hist, target_codes)
         return {"code": loss, "total": loss}
 
     def run_epoch(self, epoch: int) -> str:
@@ -51,4 +52,5 @@ class FinetuneStage(Stage):
 
     def checkpoint_info(self) -> dict:
         return {"from": self.cfg.checkpoint, "lora": self.cfg.use_lora,
+                "teacher": self.cfg.teacher,
                 "codes": self.source_info.get("codes", {})}

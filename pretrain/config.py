@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, TrainOptions
+from etegrl.options import DistillOptions, EvalOptions, TrainOptions
 
 
 @dataclass
-class PretrainConfig(TrainOptions, EvalOptions):
+class PretrainConfig(DistillOptions, TrainOptions, EvalOptions):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir",)
 
@@ -65,6 +65,7 @@ class PretrainConfig(TrainOptions, EvalOptions):
 
     def __post_init__(self):
         self.check_training()
+        self.check_distill()
         require(self, 1, "d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv",
                 "levels", "e_dim", "tokenizer_pretrain_batch_size")
         require(self, 2, "code_num")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from etegrl.codes import CodeTable, assign_suffixes, reassign_overflow
 from etegrl.embeddings import load_embedding
-from etegrl.losses import code_loss, psa_loss, sia_loss
+from etegrl.losses import psa_loss, sia_loss
 from etegrl.model import ETEGRecConfig, ETEGRecModel, training_outputs
 from etegrl.stage import Stage
 from etegrl.tokenizer import RQVAE
@@ -51,6 +51,7 @@ class PretrainStage(Stage):
     def setup(self) -> None:
         cfg = self.cfg
         self.begin()
+        self.load_teacher()
         self.semantic = load_embedding(Path(cfg.data_dir) / "embeddings" / "semantic.safetensors",
                                        n_items=self.data.n_items).to(self.device)
         self.tokenizer_args = dict(
@@ -157,7 +158,7 @@ class PretrainStage(Stage):
             with self.autocast():
                 out, targets, target_codes = training_outputs(self.model, self.table.codes,
                                                               hist, targets)
-            losses["code"] = code_loss(out["logits"], target_codes, self.code_mask(target_codes))
+            losses["code"] = self.code_loss(out["logits"], hist, target_codes)
         if kind in ("tokenizer", "recommender"):
             with torch.set_grad_enabled(kind == "tokenizer"):
                 item = self.tokenizer(self.semantic[targets])

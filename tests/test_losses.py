@@ -68,3 +68,18 @@ def test_code_loss_over_valid_codes_by_hand():
     allowed = torch.tensor([[[True, True, False]]])  # code 2 is no valid continuation
     masked = -(2.0 - math.log(math.exp(1) + math.exp(2)))
     assert code_loss(logits, codes, allowed).item() == pytest.approx(masked, rel=1e-6)
+
+
+def test_code_loss_with_soft_targets_by_hand():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    codes = torch.tensor([[0, 2]])
+    soft = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]])
+    logp = torch.log_softmax(logits, -1)
+    hard = -(logp[0, 0, 0] + logp[0, 1, 2]) / 2
+    soft_ce = -(0.5 * logp[0, 0, 0] + 0.5 * logp[0, 0, 1] + logp[0, 1, 2]) / 2
+    got = code_loss(logits, codes, soft=soft, soft_weight=0.25)
+    assert got.item() == pytest.approx((0.75 * hard + 0.25 * soft_ce).item())
+    # masked codes with no soft mass add nothing (no 0 · −inf); weight 0 is the plain loss
+    allowed = torch.tensor([[[True, True, False], [False, True, True]]])
+    assert torch.isfinite(code_loss(logits, codes, allowed, soft=soft, soft_weight=0.5))
+    assert code_loss(logits, codes, soft=soft, soft_weight=0.0) == code_loss(logits, codes)

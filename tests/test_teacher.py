@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import rewards
 from etegrl.embeddings.sasrec import SASRec
-from etegrl.teacher import Teacher, add_teacher_items
+from etegrl.teacher import Teacher, add_teacher_items, code_targets
 from rl.__main__ import main as rl_main
 
 
@@ -80,3 +80,41 @@ def test_rl_run_with_a_teacher(tiny_data, trained_run, tmp_path):
     # the start (the pretrain stage) wrote its test lists: the paired comparison is kept
     paired = results["paired_vs_start"]["ndcg@10"]
     assert paired["users"] == 40 and paired["low"] <= paired["mean"] <= paired["high"]
+
+
+def test_code_targets_by_hand():
+    # items 1..4 with codes (0,0) (0,1) (1,0) (2,0); the teacher: 0.1 0.3 0.4 0.2; target item 2
+    item_codes = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 0], [2, 0]])
+    probs = torch.tensor([[0.0, 0.1, 0.3, 0.4, 0.2]])
+    soft = code_targets(probs, item_codes, torch.tensor([[0, 1]]), code_num=3)
+    torch.testing.assert_close(soft, torch.tensor([[[0.4, 0.4, 0.2], [0.25, 0.75, 0.0]]]))
+    # no mass on the target's first code: the second position falls back to the true code
+    probs = torch.tensor([[0.0, 0.0, 0.0, 0.5, 0.5]])
+    soft = code_targets(probs, item_codes, torch.tensor([[0, 1]]), code_num=3)
+    torch.testing.assert_close(soft, torch.tensor([[[0.0, 0.5, 0.5], [0.0, 1.0, 0.0]]]))
+
+
+def test_finetune_with_a_teacher(tiny_data, trained_run, tmp_path):
+    from finetune.__main__ import main as finetune_main
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    out = tmp_path / "ft"
+    common = [f"data_dir={data}", f"checkpoint={trained_run / 'best'}", "max_len=8", "epochs=1",
+              "batch_size=64", "progress=false", "teacher=sasrec"]
+    assert finetune_main(common + [f"output_dir={out}", "teacher_weight=0.7"]) == 0
+    assert json.loads((out / "results.json").read_text())["teacher"] == "sasrec"
+    # weight 0: the teacher is loaded but the loss is the plain code loss, the same run as none
+    zero, none = tmp_path / "zero", tmp_path / "none"
+    assert finetune_main(common + [f"output_dir={zero}", "teacher_weight=0"]) == 0
+    assert finetune_main(common[:-1] + [f"output_dir={none}"]) == 0
+    losses = [[json.loads(line).get("code") for line in (d / "log.jsonl").read_text().splitlines()]
+              for d in (out, zero, none)]
+    assert losses[1] == losses[2] and losses[0] != losses[1]
+
+
+def test_teacher_needs_prefix_rows(tiny_data, trained_run, tmp_path, capsys):
+    from finetune.__main__ import main as finetune_main
+
+    assert finetune_main([f"output_dir={tmp_path / 'ft'}", "teacher=sasrec",
+                          "train_on=sequences"]) == 2
+    assert "teacher needs train_on=rows" in capsys.readouterr().err
