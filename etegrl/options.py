@@ -1,5 +1,5 @@
-"""Options every training stage shares (validation, selection, logging) and those of the
-supervised stages (pretrain, finetune): dataclass mixins of the stage configs."""
+"""Options every training stage shares (data, seed, validation, selection, logging) and those
+of the supervised stages (pretrain, finetune): dataclass mixins of the stage configs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from typing import Literal
 
 from .config import option, require
 from .tracking import check_report_to
+
+
+@dataclass
+class RunOptions:
+    """What every stage's config names: its input data, the seed, the history length, and
+    whether an output folder of another run may be replaced (each stage declares its own
+    ``output_dir``, whose default names the stage)."""
+
+    data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step (splits, embeddings, its SASRec).")
+    seed: int = option(42, "Random seed.")
+    overwrite: bool = option(False, "Replace an output_dir that holds another run.")
+    max_len: int = option(50, "History items the model reads (the last ones).")
 
 
 @dataclass

@@ -5,20 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etegrl.config import option, require
-from etegrl.options import DistillOptions, EvalOptions, LoraOptions, StepOptions, TrainOptions
+from etegrl.options import (DistillOptions, EvalOptions, LoraOptions, RunOptions, StepOptions,
+                            TrainOptions)
 
 
 @dataclass
-class FinetuneConfig(DistillOptions, LoraOptions, StepOptions, TrainOptions, EvalOptions):
+class FinetuneConfig(DistillOptions, LoraOptions, StepOptions, TrainOptions, EvalOptions,
+                     RunOptions):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint")
 
-    data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step.")
     checkpoint: str = option("runs/ml-100k/pretrain/best", "The pretrain stage's best checkpoint, loaded strictly.")
     output_dir: str = option("runs/ml-100k/finetune", "Where best/, log.jsonl and results.json go.")
-    seed: int = option(42, "Random seed.")
-    overwrite: bool = option(False, "Replace an output_dir that holds another run.")
-    max_len: int = option(50, "History items the recommender reads (the last ones).")
     epochs: int = option(100, "Maximum epochs.")
     batch_size: int = option(256, "Training rows per step.")
     rows_per_user: int = option(0, "At most this many prefix rows per user per epoch, redrawn each epoch (0 = all).")

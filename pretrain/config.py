@@ -6,19 +6,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from etegrl.config import option, require
-from etegrl.options import DistillOptions, EvalOptions, TrainOptions
+from etegrl.options import DistillOptions, EvalOptions, RunOptions, TrainOptions
 
 
 @dataclass
-class PretrainConfig(DistillOptions, TrainOptions, EvalOptions):
+class PretrainConfig(DistillOptions, TrainOptions, EvalOptions, RunOptions):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir",)
 
-    data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step (splits + embeddings/semantic.safetensors).")
     output_dir: str = option("runs/ml-100k/pretrain", "Where checkpoints (best/), log.jsonl and results.json go.")
     mode: Literal["etegrec", "tiger"] = option("etegrec", "etegrec: alternating loop with SIA/PSA; tiger: tokenizer pretrained then frozen, code loss only.")
-    seed: int = option(42, "Random seed.")
-    overwrite: bool = option(False, "Replace an output_dir that holds another run.")
     # recommender (T5)
     d_model: int = option(128, "T5 model width.")
     d_ff: int = option(512, "T5 feed-forward width.")
@@ -29,7 +26,6 @@ class PretrainConfig(DistillOptions, TrainOptions, EvalOptions):
     dropout_rate: float = option(0.1, "T5 dropout.")
     causal_encoder: bool = option(False, "Encoder attention causal over items (each history token sees its own and earlier items); needed by train_on=sequences. The official ETEGRec encoder is bidirectional (false).")
     bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
-    max_len: int = option(50, "History items the recommender reads (the last ones).")
     # tokenizer (RQ-VAE)
     code_num: int = option(256, "Codes per level (and collision suffixes).")
     levels: int = option(3, "Residual quantisation levels; an item's code has levels + 1 codes.")

@@ -17,7 +17,7 @@ import torch
 from trl import GRPOConfig
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, LoraOptions, StepOptions
+from etegrl.options import EvalOptions, LoraOptions, RunOptions, StepOptions
 
 
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
@@ -35,15 +35,12 @@ TRL_FIELD_HINTS = {
 
 
 @dataclass
-class RLConfig(LoraOptions, EvalOptions, StepOptions, GRPOConfig):
+class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint", "reward_funcs")
 
-    data_dir: str = option("runs/ml-100k/data", "Output folder of the prepare step.")
     checkpoint: str = option("runs/ml-100k/finetune/best", "The finetuned checkpoint: the initial policy and the frozen KL reference.")
     output_dir: str = option("runs/ml-100k/rl", "Where best/, log.jsonl and results.json go.")
-    overwrite: bool = option(False, "Replace an output_dir that holds another run.")
-    max_len: int = option(50, "History items the policy reads (the last ones).")
     epochs: int = option(1, "Passes over the training rows (each capped by rows_per_user); or set num_train_epochs (trl's name), not both.")
     num_train_epochs: float | None = option(None, "trl's name for epochs (a whole number here; max_steps stops within an epoch).")
     rows_per_user: int = option(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
