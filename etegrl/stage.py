@@ -209,13 +209,21 @@ class Stage:
     def fit_epoch(self, epoch: int, kind: str, loss_fn, opt, sched) -> dict:
         """One epoch of ``self.rows``: ``loss_fn(*batch)`` → dict of losses with "total"."""
         bar = self.progress_bar(self.epoch_batches(epoch, kind), epoch, kind)
+        micro = getattr(self.cfg, "gradient_accumulation_steps", 1)
         for batch in bar:
             opt.zero_grad(set_to_none=True)
             values = {}
-            if len(batch[-1]):  # a process can get no rows of a tiny last batch
-                losses = loss_fn(*batch)
-                (losses["total"] * self.share).backward()
-                values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in losses.items()}
+            n = len(batch[-1])  # a process can get no rows of a tiny last batch
+            parts = [batch] if micro == 1 else [tuple(x[p] for x in batch) for p in
+                                                torch.arange(n).tensor_split(micro) if len(p)]
+            for part in parts if n else []:
+                # micro-batches weighted by their rows: the gradient of the whole batch's mean
+                weight = len(part[-1]) / n
+                losses = loss_fn(*part)
+                (losses["total"] * self.share * weight).backward()
+                for k, v in losses.items():
+                    values[k] = values.get(k, 0.0) + weight * (v.item() if torch.is_tensor(v)
+                                                               else v)
             norm = self.optimizer_step(opt, sched)
             if norm is not None:
                 values["grad_norm"] = norm

@@ -127,14 +127,17 @@ class SequenceEpochs:
 def training_epochs(cfg, splits, *, causal: bool):
     """The epochs a training stage's config asks for: prefix rows (``train_on=rows``) or windows
     of whole sequences (``train_on=sequences``, which needs a causal encoder)."""
+    # one batch per optimiser step: with gradient accumulation, the step's micro-batches
+    # together (the stage splits the batch; trl's effective batch = batch_size × steps)
+    batch_size = cfg.batch_size * getattr(cfg, "gradient_accumulation_steps", 1)
     if cfg.train_on == "sequences":
         if not causal:
             raise ValueError("train_on=sequences needs a recommender with causal_encoder=true "
                              "(set it in pretraining)")
-        return SequenceEpochs(splits["train_seq"], batch_size=cfg.batch_size, window=cfg.max_len,
+        return SequenceEpochs(splits["train_seq"], batch_size=batch_size, window=cfg.max_len,
                               stride=cfg.window_stride, rows_per_user=cfg.rows_per_user,
                               seed=cfg.seed)
-    return RowEpochs(splits["train"], batch_size=cfg.batch_size, max_len=cfg.max_len,
+    return RowEpochs(splits["train"], batch_size=batch_size, max_len=cfg.max_len,
                      rows_per_user=cfg.rows_per_user, seed=cfg.seed)
 
 

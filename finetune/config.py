@@ -18,7 +18,8 @@ class FinetuneConfig(DistillOptions, LoraOptions, StepOptions, TrainOptions, Eva
     checkpoint: str = option("runs/ml-100k/pretrain/best", "The pretrain stage's best checkpoint, loaded strictly.")
     output_dir: str = option("runs/ml-100k/finetune", "Where best/, log.jsonl and results.json go.")
     epochs: int = option(100, "Maximum epochs.")
-    batch_size: int = option(256, "Training rows per step.")
+    batch_size: int = option(256, "Training rows per forward pass (per process).")
+    gradient_accumulation_steps: int = option(1, "Forward passes per optimiser step, their gradients summed as one batch's mean (trl's name): an optimiser step sees batch_size × this many rows per process.")
     rows_per_user: int = option(0, "At most this many prefix rows per user per epoch, redrawn each epoch (0 = all).")
     lr: float = option(5e-4, "AdamW learning rate (fresh optimiser).")
     weight_decay: float = option(0.05, "AdamW weight decay.")
@@ -30,6 +31,7 @@ class FinetuneConfig(DistillOptions, LoraOptions, StepOptions, TrainOptions, Eva
         self.check_training()
         self.check_steps()
         require(self, 0, "lr", above=True)
+        require(self, 1, "gradient_accumulation_steps")
         self.check_lora()
         self.check_distill()
         if self.dropout_rate >= 1:

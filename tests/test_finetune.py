@@ -197,3 +197,23 @@ def test_select_last_keeps_the_final_weights(tiny_data, trained_run, tmp_path):
     final = {k: v for k, v in stage.model.state_dict().items()}
     kept = load_checkpoint(out / "best")["model"].state_dict()
     assert all(torch.equal(final[k], kept[k]) for k in final)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_data, trained_run, tmp_path):
+    """batch_size 16 × 4 accumulated forward passes = one optimiser step over 64 rows: the
+    same weights as batch_size 64 after an epoch (dropout off), and as many steps."""
+    weights, steps = [], []
+    for name, kw in (("big", dict(batch_size=64)),
+                     ("acc", dict(batch_size=16, gradient_accumulation_steps=4))):
+        stage = FinetuneStage(config(tiny_data, trained_run, tmp_path / name, dropout_rate=0.0,
+                                     epochs=1, **kw), log=lambda *_: None)
+        stage.setup()
+        stage.run_epoch(0)
+        weights.append({k: v.clone() for k, v in stage.model.state_dict().items()})
+        steps.append(stage.step)
+        stage.cleanup()
+    assert steps[0] == steps[1] > 1
+    for k, v in weights[0].items():
+        torch.testing.assert_close(weights[1][k], v, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        FinetuneConfig(gradient_accumulation_steps=0)
