@@ -39,8 +39,8 @@ class Stage:
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
         self.out = Path(cfg.output_dir)
-        # filled by setup(): begin() the process, device and data; load_start() or the stage
-        # the model, tokenizer and code table; the stage its training rows and optimiser
+        # filled by setup(): begin() the process, device and data; the stage's build() the
+        # model, tokenizer and code table; its build_training() the training rows and optimiser
         self.procs: Processes | None = None
         self.device: torch.device | None = None
         self.data = None  # etegrl.data.Processed
@@ -73,6 +73,21 @@ class Stage:
 
     # ---- hooks ------------------------------------------------------------------------
     def setup(self) -> None:
+        """Seeds, device and data (``begin``), then the stage's models (``build``), then the
+        log (a resumed run's is cut back to its saved state), then what training needs and may
+        log (``build_training``): the hooks in this order for every stage."""
+        self.begin()
+        self.build()
+        self.open_log()
+        self.build_training()
+
+    def build(self) -> None:
+        """What the stage starts from: its checkpoint (``load_start``) or new modules, a
+        teacher; nothing logged."""
+        raise NotImplementedError
+
+    def build_training(self) -> None:
+        """Training rows, optimisers and schedules; anything that writes to the log."""
         raise NotImplementedError
 
     def run_epoch(self, epoch: int) -> str:
@@ -102,7 +117,7 @@ class Stage:
 
     # ---- shared pieces -------------------------------------------------------------------
     def begin(self) -> None:
-        """Seeds, device, processed data: the first lines of every ``setup``."""
+        """Seeds, device, processed data: the first step of ``setup``."""
         set_seed(self.cfg.seed)  # python, numpy and torch (and CUDA) generators
         set_threads(self.cfg.threads)
         keep_freed_memory()

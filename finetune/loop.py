@@ -17,9 +17,8 @@ class FinetuneStage(Stage):
     name = "finetune"
     cfg: FinetuneConfig
 
-    def setup(self) -> None:
+    def build(self) -> None:
         cfg = self.cfg
-        self.begin()
         self.load_start(cfg.checkpoint)
         self.load_teacher()
         if cfg.dropout_rate >= 0:
@@ -28,7 +27,9 @@ class FinetuneStage(Stage):
         if cfg.use_lora:
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                    dropout=cfg.lora_dropout, targets=cfg.lora_targets)
-        self.open_log()
+
+    def build_training(self) -> None:
+        cfg = self.cfg
         self.rows = training_epochs(cfg, self.data.splits,
                                     causal=self.model.config.causal_encoder)
         self.opt, self.sched = adamw_cosine(

@@ -48,9 +48,8 @@ class PretrainStage(Stage):
     cfg: PretrainConfig
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
+    def build(self) -> None:
         cfg = self.cfg
-        self.begin()
         self.load_teacher()
         self.semantic = load_embedding(Path(cfg.data_dir) / "embeddings" / "semantic.safetensors",
                                        n_items=self.data.n_items).to(self.device)
@@ -59,7 +58,11 @@ class PretrainStage(Stage):
             levels=cfg.levels, code_num=cfg.code_num, beta=cfg.beta, dropout=cfg.tok_dropout,
             quantize_mode=cfg.quantize_mode, gumbel_tau=cfg.gumbel_tau, logit_sign=cfg.logit_sign)
         self.tokenizer = RQVAE(**self.tokenizer_args).to(self.device)
-        self.open_log()
+
+    def build_training(self) -> None:
+        """Tokenizer pretraining (logged), the first codes, then the recommender on them (in
+        this order: the random stream, and so a seed's run, depends on it), rows, optimisers."""
+        cfg = self.cfg
         if self.resume_state is None:  # a resumed run loads the trained tokenizer instead
             self.pretrain_tokenizer()
         self.rebuild_codes()

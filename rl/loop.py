@@ -56,9 +56,8 @@ class RLStage(Stage):
     cfg: RLConfig
     validate_first = True  # the finetuned policy is the bar: best stays it unless RL beats it
 
-    def setup(self) -> None:
+    def build(self) -> None:
         cfg = self.cfg
-        self.begin()
         self.load_start(cfg.checkpoint)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.ref = None
@@ -70,9 +69,7 @@ class RLStage(Stage):
         if cfg.use_lora:
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                    dropout=cfg.lora_dropout, targets=cfg.lora_targets)
-        self.teacher = None
-        if cfg.teacher == "sasrec":
-            self.teacher = Teacher(cfg.data_dir, self.data.n_items, device=self.device)
+        self.load_teacher()
         self.reward_fns = [rewards.load_reward(s) for s in cfg.reward_funcs]
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_fns)
         counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
@@ -87,7 +84,9 @@ class RLStage(Stage):
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
                               recent=cfg.prompt_rows == "recent", with_rows=cfg.future_items > 0)
         self.future = future_items(self.data.splits, cfg.future_items) if cfg.future_items else None
-        self.open_log()
+
+    def build_training(self) -> None:
+        cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         total = self.plan_steps(self.rows.batches_per_epoch() * cfg.epochs * cfg.num_iterations)
