@@ -25,6 +25,7 @@ from etegrl.data import DataError
 from etegrl.generation import beam_search, sample_items
 from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
+from etegrl.losses import code_loss
 from etegrl.model import history_tokens
 from etegrl.stage import Stage
 from etegrl.teacher import Teacher, add_teacher_items
@@ -48,6 +49,7 @@ class Rollout:
     ref_logits: torch.Tensor | None  # kl_estimator=exact
     ref_logps: torch.Tensor | None
     old_logps: torch.Tensor | None  # num_iterations > 1
+    target_codes: torch.Tensor | None = None  # (users, code_len) the true items (sft_weight)
     stats: dict = field(default_factory=dict)  # rewards, hit rate, zero-std share
 
 
@@ -198,26 +200,38 @@ class RLStage(Stage):
                 old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
                 old_logps = code_logprobs(old_logits, flat, allowed)
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
+                       target_codes=self.table.codes[targets] if cfg.sft_weight else None,
                        valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
                        allowed=allowed, encoded=encoded if graph else None,
                        ref_logits=ref_logits if cfg.kl_estimator == "exact" else None,
                        ref_logps=ref_logps, old_logps=old_logps, stats=stats)
 
     def rollout_loss(self, ro: Rollout) -> tuple[torch.Tensor, dict]:
-        """trl's clipped surrogate (+ β·KL) of a rollout under the current policy."""
+        """trl's clipped surrogate (+ β·KL) of a rollout under the current policy, plus
+        ``sft_weight`` × the code cross-entropy of each user's true item."""
         cfg, valid = self.cfg, ro.valid
         logits, _ = self.logits_for(self.model, ro.tokens, ro.mask, ro.codes, ro.encoded)
+        sft = None
+        if ro.target_codes is not None:  # the true item as a one-member group, teacher-forced
+            target_logits, _ = self.logits_for(self.model, ro.tokens, ro.mask,
+                                               ro.target_codes[:, None], ro.encoded)
+            sft = code_loss(target_logits, ro.target_codes, None if ro.allowed is None
+                            else self.table.allowed_along(ro.target_codes))
         ro.encoded = None  # its graph serves one backward pass
         logps = code_logprobs(logits, ro.flat, ro.allowed)
         old = logps.detach() if ro.old_logps is None else ro.old_logps
         kl = None
         if ro.ref_logits is not None:
             kl = exact_kl(logits, ro.ref_logits, ro.allowed)[valid]
-        return grpo_loss(
+        loss, metrics = grpo_loss(
             logps[valid], old[valid], ro.advantages[valid],
             ref_logps=None if ro.ref_logps is None else ro.ref_logps[valid], kl=kl,
             beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high or cfg.epsilon,
             loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
+        if sft is not None:
+            metrics["sft"] = sft.item()
+            loss = loss + cfg.sft_weight * sft
+        return loss, metrics
 
     def step_on(self, hist, targets, rows=None) -> dict:
         """GRPO on this process's users of the global batch (whole groups): rollouts of

@@ -239,3 +239,30 @@ def test_dynamic_sampling_keeps_groups_with_reward_spread(tiny_data, finetuned, 
     stats = stage.step_on(hist, targets)
     assert "kept_groups" in stats and stage.step == 1
     stage.cleanup()
+
+
+@pytest.mark.parametrize("logprob", ["full", "trie"])
+def test_sft_weight_adds_the_finetune_loss(tiny_data, finetuned, tmp_path, logprob):
+    """sft_weight adds w × the code cross-entropy of the true items (the finetune loss, dropout
+    off as in the whole rl step) to the GRPO loss of the same rollout."""
+    from etegrl.losses import code_loss
+    from etegrl.model import training_outputs
+
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "sft", sft_weight=0.5,
+                           logprob=logprob), log=lambda *_: None)
+    stage.setup()
+    stage.model.eval()
+    hist, targets = next(stage.rows.epoch())
+    torch.manual_seed(0)
+    ro = stage.rollout(hist, targets, graph=False)
+    loss, metrics = stage.rollout_loss(ro)
+    with torch.no_grad():
+        out, _, target_codes = training_outputs(stage.model, stage.table.codes, hist, targets)
+        allowed = stage.table.allowed_along(target_codes) if logprob == "trie" else None
+        expected = code_loss(out["logits"], target_codes, allowed)
+    assert metrics["sft"] == pytest.approx(expected.item(), rel=1e-4)
+    ro.target_codes = None  # the same rollout without the anchor
+    plain, plain_metrics = stage.rollout_loss(ro)
+    assert "sft" not in plain_metrics
+    assert loss.item() == pytest.approx(plain.item() + 0.5 * metrics["sft"], rel=1e-4, abs=1e-6)
+    stage.cleanup()
