@@ -53,5 +53,6 @@ class FinetuneStage(Stage):
 
     def checkpoint_info(self) -> dict:
         return {"from": self.cfg.checkpoint, "lora": self.cfg.use_lora,
-                "teacher": self.cfg.teacher,
+                "teacher": {"name": self.cfg.teacher, "weight": self.cfg.teacher_weight,
+                            "temperature": self.cfg.teacher_temperature},
                 "codes": self.source_info.get("codes", {})}

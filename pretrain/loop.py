@@ -206,4 +206,6 @@ class PretrainStage(Stage):
         return {"mode": cfg.mode, "codes": self.code_stats,
                 "tokenizer_pretrain": getattr(self, "tokenizer_pretrain_info", None),
                 "loss_weights": {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia,
-                                 "psa": cfg.w_psa}}
+                                 "psa": cfg.w_psa},
+                "teacher": {"name": cfg.teacher, "weight": cfg.teacher_weight,
+                            "temperature": cfg.teacher_temperature}}

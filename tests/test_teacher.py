@@ -102,7 +102,8 @@ def test_finetune_with_a_teacher(tiny_data, trained_run, tmp_path):
     common = [f"data_dir={data}", f"checkpoint={trained_run / 'best'}", "max_len=8", "epochs=1",
               "batch_size=64", "progress=false", "teacher=sasrec"]
     assert finetune_main(common + [f"output_dir={out}", "teacher_weight=0.7"]) == 0
-    assert json.loads((out / "results.json").read_text())["teacher"] == "sasrec"
+    assert json.loads((out / "results.json").read_text())["teacher"] == {
+        "name": "sasrec", "weight": 0.7, "temperature": 1.0}
     # weight 0: the teacher is loaded but the loss is the plain code loss, the same run as none
     zero, none = tmp_path / "zero", tmp_path / "none"
     assert finetune_main(common + [f"output_dir={zero}", "teacher_weight=0"]) == 0
@@ -118,3 +119,18 @@ def test_teacher_needs_prefix_rows(tiny_data, trained_run, tmp_path, capsys):
     assert finetune_main([f"output_dir={tmp_path / 'ft'}", "teacher=sasrec",
                           "train_on=sequences"]) == 2
     assert "teacher needs train_on=rows" in capsys.readouterr().err
+
+
+def test_pretrain_with_a_teacher(tiny_data, tmp_path):
+    from pretrain.__main__ import main as pretrain_main
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    out = tmp_path / "pre"
+    assert pretrain_main([f"data_dir={data}", f"output_dir={out}", "d_model=32", "d_ff=64",
+                          "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16",
+                          "max_len=8", "code_num=8", "e_dim=8", "tok_hidden=[32]",
+                          "tokenizer_pretrain_epochs=2", "epochs=4", "warmup_epochs=1",
+                          "batch_size=64", "progress=false", "teacher=sasrec",
+                          "teacher_temperature=2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["teacher"] == {"name": "sasrec", "weight": 0.5, "temperature": 2.0}
