@@ -28,7 +28,7 @@ from etegrl.lora import apply_lora, merged_copy
 from etegrl.losses import code_loss
 from etegrl.model import history_tokens
 from etegrl.stage import Stage
-from etegrl.teacher import Teacher, add_teacher_items
+from etegrl.teacher import Teacher, add_teacher_items, code_targets
 from etegrl.training import RowEpochs
 
 from .config import RLConfig
@@ -50,6 +50,7 @@ class Rollout:
     ref_logps: torch.Tensor | None
     old_logps: torch.Tensor | None  # num_iterations > 1
     target_codes: torch.Tensor | None = None  # (users, code_len) the true items (sft_weight)
+    target_soft: torch.Tensor | None = None  # the teacher's code targets (sft_teacher_weight)
     stats: dict = field(default_factory=dict)  # rewards, hit rate, zero-std share
 
 
@@ -185,6 +186,7 @@ class RLStage(Stage):
             items, codes, r = items[keep], codes[keep], r[keep]
             encoded = None if encoded is None else encoded[keep]
             shared = None if shared is None else shared[keep]
+            scores = None if scores is None else scores[keep]
         adv, _ = group_advantages(r, cfg.scale_rewards)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
@@ -199,8 +201,14 @@ class RLStage(Stage):
             if cfg.num_iterations > 1:
                 old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
                 old_logps = code_logprobs(old_logits, flat, allowed)
+        target_codes = target_soft = None
+        if cfg.sft_weight:
+            target_codes = self.table.codes[targets]
+            if cfg.sft_teacher_weight:
+                target_soft = code_targets(torch.softmax(scores, -1), self.table.codes,
+                                           target_codes, self.table.code_num)
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
-                       target_codes=self.table.codes[targets] if cfg.sft_weight else None,
+                       target_codes=target_codes, target_soft=target_soft,
                        valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
                        allowed=allowed, encoded=encoded if graph else None,
                        ref_logits=ref_logits if cfg.kl_estimator == "exact" else None,
@@ -216,7 +224,8 @@ class RLStage(Stage):
             target_logits, _ = self.logits_for(self.model, ro.tokens, ro.mask,
                                                ro.target_codes[:, None], ro.encoded)
             sft = code_loss(target_logits, ro.target_codes, None if ro.allowed is None
-                            else self.table.allowed_along(ro.target_codes))
+                            else self.table.allowed_along(ro.target_codes),
+                            soft=ro.target_soft, soft_weight=cfg.sft_teacher_weight)
         ro.encoded = None  # its graph serves one backward pass
         logps = code_logprobs(logits, ro.flat, ro.allowed)
         old = logps.detach() if ro.old_logps is None else ro.old_logps

@@ -134,3 +134,33 @@ def test_pretrain_with_a_teacher(tiny_data, tmp_path):
                           "teacher_temperature=2"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["teacher"] == {"name": "sasrec", "weight": 0.5, "temperature": 2.0}
+
+
+def test_rl_sft_term_with_the_teacher(tiny_data, trained_run, tmp_path):
+    """sft_teacher_weight: the rl stage's sft term is the distillation loss of the true items."""
+    from etegrl.losses import code_loss
+    from etegrl.model import training_outputs
+    from rl.config import RLConfig
+    from rl.loop import RLStage
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    cfg = RLConfig(data_dir=str(data), checkpoint=str(trained_run / "best"),
+                   output_dir=str(tmp_path / "rl"), max_len=8, num_generations=4,
+                   per_device_train_batch_size=32, progress=False, teacher="sasrec",
+                   sft_weight=1.0, sft_teacher_weight=0.6)
+    stage = RLStage(cfg, log=lambda *_: None)
+    stage.setup()
+    stage.model.eval()
+    hist, targets = next(stage.rows.epoch())
+    _, metrics = stage.rollout_loss(stage.rollout(hist, targets, graph=False))
+    with torch.no_grad():
+        out, _, target_codes = training_outputs(stage.model, stage.table.codes, hist, targets)
+        soft = code_targets(torch.softmax(stage.teacher.scores(hist, stage.exclude), -1),
+                            stage.table.codes, target_codes, stage.table.code_num)
+        expected = code_loss(out["logits"], target_codes, soft=soft, soft_weight=0.6)
+        plain = code_loss(out["logits"], target_codes)
+    assert metrics["sft"] == pytest.approx(expected.item(), rel=1e-4)
+    assert abs(expected.item() - plain.item()) > 1e-3  # the teacher changed the term
+    stage.cleanup()
+    with pytest.raises(ValueError, match="sft_teacher_weight needs"):
+        RLConfig(sft_teacher_weight=0.5, sft_weight=1.0)
