@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +31,15 @@ from .resume import load_state, rng_state, save_state, set_rng_state
 from .steplog import StepLog, crossed
 from .teacher import Teacher, code_targets
 from .training import EarlyStopping, clip_gradients
+
+
+@dataclass
+class Batch:
+    """One training batch as ``Stage.epoch_batches`` hands it to a stage."""
+
+    tensors: tuple  # this process's rows: histories, targets (and row ids where asked for)
+    share: float  # this process's part of the global batch (1.0 in a single process)
+    all_targets: torch.Tensor  # the whole global batch's targets (losses over its items)
 
 
 class Stage:
@@ -55,11 +65,9 @@ class Stage:
         self.teacher = None  # a Teacher whose item distributions are soft code targets
         self.opt = self.sched = None
         self.last_epoch_losses: dict[str, float] = {}
-        self.batch_targets: torch.Tensor | None = None  # the whole global batch's targets
         self.step = 0
         self.steplog = StepLog()  # log.jsonl, trackers, epoch means, the logging window
         self.resume_state = None
-        self.share = 1.0  # this process's part of the current global batch
         self.skip = 0  # batches of the current epoch already done before a resume
         self.stopper = EarlyStopping(cfg.patience)
         self.best_epoch = -1
@@ -171,10 +179,10 @@ class Stage:
                 return
             n = len(batch[0])
             part = self.procs.share(n)  # all of it in one process
-            self.share = (part.stop - part.start) / n
-            self.batch_targets = batch[1]  # the whole global batch's, for losses over its items
             before = self.step
-            yield tuple(x[part] for x in batch)  # the caller trains on it before the next
+            # the caller trains on it before the next
+            yield Batch(tensors=tuple(x[part] for x in batch),
+                        share=(part.stop - part.start) / n, all_targets=batch[1])
             if crossed(before, self.step, self.eval_steps):
                 self.validate(epoch, kind)
             due = (every and (i + 1) % every == 0) or crossed(before, self.step, self.save_steps)
@@ -222,27 +230,29 @@ class Stage:
                     disable=not self.cfg.progress or not self.procs.is_main)
 
     def fit_epoch(self, epoch: int, kind: str, loss_fn, opt, sched) -> dict:
-        """One epoch of ``self.rows``: ``loss_fn(*batch)`` → dict of losses with "total"."""
+        """One epoch of ``self.rows``: ``loss_fn(*rows, batch=batch)`` → dict of losses with
+        "total" (``rows``: this process's tensors, or a micro-batch of them)."""
         bar = self.progress_bar(self.epoch_batches(epoch, kind), epoch, kind)
         micro = getattr(self.cfg, "gradient_accumulation_steps", 1)
         for batch in bar:
             opt.zero_grad(set_to_none=True)
             values = {}
-            n = len(batch[-1])  # a process can get no rows of a tiny last batch
-            parts = [batch] if micro == 1 else [tuple(x[p] for x in batch) for p in
-                                                torch.arange(n).tensor_split(micro) if len(p)]
+            rows = batch.tensors
+            n = len(rows[-1])  # a process can get no rows of a tiny last batch
+            parts = [rows] if micro == 1 else [tuple(x[p] for x in rows) for p in
+                                               torch.arange(n).tensor_split(micro) if len(p)]
             for part in parts if n else []:
                 # micro-batches weighted by their rows: the gradient of the whole batch's mean
                 weight = len(part[-1]) / n
-                losses = loss_fn(*part)
-                (losses["total"] * self.share * weight).backward()
+                losses = loss_fn(*part, batch=batch)
+                (losses["total"] * batch.share * weight).backward()
                 for k, v in losses.items():
                     values[k] = values.get(k, 0.0) + weight * (v.item() if torch.is_tensor(v)
                                                                else v)
             norm = self.optimizer_step(opt, sched)
             if norm is not None:
                 values["grad_norm"] = norm
-            values = self.procs.weighted_sum(self.share, values)
+            values = self.procs.weighted_sum(batch.share, values)
             self.record(epoch, kind, values)
             bar.set_postfix(loss=f"{values['total']:.4f}")
         return self.epoch_means()

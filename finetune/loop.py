@@ -37,7 +37,7 @@ class FinetuneStage(Stage):
             total_steps=self.plan_steps(self.rows.batches_per_epoch() * cfg.epochs),
             warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
 
-    def batch_losses(self, hist, targets):
+    def batch_losses(self, hist, targets, batch=None):
         with self.autocast():
             out, _, target_codes = training_outputs(self.model, self.table.codes, hist, targets)
         loss = self.code_loss(out["logits"], hist, target_codes)

@@ -143,7 +143,9 @@ class PretrainStage(Stage):
             return "warmup"
         return "tokenizer" if epoch % self.cfg.cycle == 0 else "recommender"
 
-    def batch_losses(self, hist, targets, kind: str) -> dict[str, torch.Tensor]:
+    def batch_losses(self, hist, targets, kind: str, batch=None) -> dict[str, torch.Tensor]:
+        """Losses of this process's rows; ``batch`` (a ``Batch``) knows the whole global batch,
+        over whose items the VQ loss runs (None: these rows are the whole batch)."""
         cfg = self.cfg
         losses = {}
         if kind == "tokenizer":  # recommender frozen: its outputs need no graph
@@ -152,10 +154,11 @@ class PretrainStage(Stage):
                                                               hist, targets)
             # each item of the global batch once in the VQ loss, split over the processes and
             # scaled so that summing share × loss over them gives the global batch's mean
-            uniq = torch.unique(self.batch_targets)
+            share, everyone = (1.0, targets) if batch is None else (batch.share, batch.all_targets)
+            uniq = torch.unique(everyone)
             uniq = uniq[uniq > 0]  # sequence windows mark unscored positions with 0
             part = self.procs.share(len(uniq))
-            scale = (part.stop - part.start) / len(uniq) / self.share
+            scale = (part.stop - part.start) / len(uniq) / share
             losses["vq"] = self.tokenizer(self.semantic[uniq[part]])["loss"] * scale
         else:
             with self.autocast():
@@ -182,8 +185,8 @@ class PretrainStage(Stage):
         self.model.train(not train_tok)
         self.tokenizer.train(train_tok)
         opt, sched = (self.opt_id, self.sched_id) if train_tok else (self.opt_rec, self.sched_rec)
-        self.fit_epoch(epoch, kind, lambda hist, targets: self.batch_losses(hist, targets, kind),
-                       opt, sched)
+        self.fit_epoch(epoch, kind, lambda hist, targets, batch:
+                       self.batch_losses(hist, targets, kind, batch), opt, sched)
         if train_tok:
             self.rebuild_codes()
         return kind

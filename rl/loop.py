@@ -242,11 +242,12 @@ class RLStage(Stage):
             loss = loss + cfg.sft_weight * sft
         return loss, metrics
 
-    def step_on(self, hist, targets, rows=None) -> dict:
+    def step_on(self, hist, targets, rows=None, share: float = 1.0) -> dict:
         """GRPO on this process's users of the global batch (whole groups): rollouts of
         ``gradient_accumulation_steps`` micro-batches, then ``num_iterations`` optimiser steps,
         each accumulating the micro-batches' gradients (weighted by their completions, so
-        that the step equals one over the whole batch). → the batch's logged values."""
+        that the step equals one over the whole batch); ``share``: this process's part of the
+        global batch. → the batch's logged values."""
         cfg = self.cfg
         # eval mode: T5's attention-probability dropout is a float inside T5Attention, not an
         # nn.Dropout module, so disable_dropout_in_model alone would leave it on in train mode
@@ -274,7 +275,7 @@ class RLStage(Stage):
                     continue
                 loss, m = self.rollout_loss(ro)
                 weight = int(ro.valid.sum()) / max(1, members)
-                (loss * weight * self.share).backward()  # the global batch's mean
+                (loss * weight * share).backward()  # the global batch's mean
                 for key, v in {"total": loss.item(), **m, **ro.stats}.items():
                     sums[key] = sums.get(key, 0.0) + weight * v
             grad_norm = self.optimizer_step(self.opt, self.sched)
@@ -288,7 +289,8 @@ class RLStage(Stage):
     def run_epoch(self, epoch: int) -> str:
         bar = self.progress_bar(self.epoch_batches(epoch, "grpo"), epoch, "grpo")
         for batch in bar:
-            values = self.procs.weighted_sum(self.share, self.step_on(*batch))
+            values = self.procs.weighted_sum(batch.share,
+                                             self.step_on(*batch.tensors, share=batch.share))
             self.record(epoch, "grpo", values)
             bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
