@@ -23,13 +23,12 @@ from .compare import with_start
 from .data import exclude_history, item_counts, load_processed, write_topk
 from .distributed import Processes, native_bf16, set_threads
 from .evaluation import evaluate_generative, protocol
-from .losses import code_loss
 from .malloc import keep_freed_memory
 from .metrics import most_popular
 from .options import step_count
 from .resume import load_state, rng_state, save_state, set_rng_state
 from .steplog import StepLog, crossed
-from .teacher import Teacher, code_targets
+from .teacher import Teacher
 from .training import EarlyStopping, clip_gradients
 
 
@@ -62,7 +61,7 @@ class Stage:
         self.tokenizer_args: dict = {}
         self.source_info: dict = {}  # the start checkpoint's info.json
         self.rows = None  # RowEpochs or SequenceEpochs
-        self.teacher = None  # a Teacher whose item distributions are soft code targets
+        self.teacher = None  # the config's Teacher (load_teacher), a scorer of every item
         self.opt = self.sched = None
         self.last_epoch_losses: dict[str, float] = {}
         self.step = 0
@@ -195,28 +194,9 @@ class Stage:
         self.steplog.add(epoch, kind, values, self.step)
 
     def load_teacher(self) -> None:
-        """The config's distillation teacher (``teacher``: none or sasrec), after ``begin``."""
+        """The config's teacher (``teacher``: none or sasrec), after ``begin``."""
         if getattr(self.cfg, "teacher", "none") == "sasrec":
             self.teacher = Teacher(self.cfg.data_dir, self.data.n_items, device=self.device)
-
-    def code_loss(self, logits: torch.Tensor, hist: torch.Tensor,
-                  target_codes: torch.Tensor) -> torch.Tensor:
-        """The code loss of one batch of prefix rows: cross-entropy of the target's codes (over
-        the trie's valid codes with ``logprob=trie``), mixed with the teacher's code
-        distributions along the target's path when the config names a teacher."""
-        allowed = self.code_mask(target_codes)
-        if self.teacher is None:
-            return code_loss(logits, target_codes, allowed)
-        scores = self.teacher.scores(hist, exclude=self.exclude) / self.cfg.teacher_temperature
-        soft = code_targets(torch.softmax(scores, -1), self.table.codes, target_codes,
-                            logits.shape[-1])
-        return code_loss(logits, target_codes, allowed, soft=soft,
-                         soft_weight=self.cfg.teacher_weight)
-
-    def code_mask(self, target_codes: torch.Tensor) -> torch.Tensor | None:
-        """With ``logprob=trie`` the code loss's softmax runs over the trie's valid codes, the
-        same distribution that beam search and GRPO then use; ``full``: over all codes."""
-        return self.table.allowed_along(target_codes) if self.cfg.logprob == "trie" else None
 
     def autocast(self):
         """Context of the recommender's training forward passes: bf16 autocast when the config

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.model import set_dropout, training_outputs
+from etegrl.objective import CodeObjective
 from etegrl.stage import Stage
 from etegrl.training import adamw_cosine, training_epochs
 
@@ -21,6 +22,7 @@ class FinetuneStage(Stage):
         cfg = self.cfg
         self.load_start(cfg.checkpoint)
         self.load_teacher()
+        self.objective = CodeObjective.from_config(cfg, self.teacher, self.exclude)
         if cfg.dropout_rate >= 0:
             set_dropout(self.model, cfg.dropout_rate)
         self.peft = None
@@ -40,7 +42,7 @@ class FinetuneStage(Stage):
     def batch_losses(self, hist, targets, batch=None):
         with self.autocast():
             out, _, target_codes = training_outputs(self.model, self.table.codes, hist, targets)
-        loss = self.code_loss(out["logits"], hist, target_codes)
+        loss = self.objective(self.table, out["logits"], target_codes, hist)
         return {"code": loss, "total": loss}
 
     def run_epoch(self, epoch: int) -> str:

@@ -23,6 +23,7 @@ from etegrl.codes import CodeTable, assign_suffixes, reassign_overflow
 from etegrl.embeddings import load_embedding
 from etegrl.losses import psa_loss, sia_loss
 from etegrl.model import ETEGRecConfig, ETEGRecModel, training_outputs
+from etegrl.objective import CodeObjective
 from etegrl.stage import Stage
 from etegrl.tokenizer import RQVAE
 from etegrl.training import adamw_cosine, training_epochs
@@ -51,6 +52,7 @@ class PretrainStage(Stage):
     def build(self) -> None:
         cfg = self.cfg
         self.load_teacher()
+        self.objective = CodeObjective.from_config(cfg, self.teacher, self.exclude)
         self.semantic = load_embedding(Path(cfg.data_dir) / "embeddings" / "semantic.safetensors",
                                        n_items=self.data.n_items).to(self.device)
         self.tokenizer_args = dict(
@@ -164,7 +166,7 @@ class PretrainStage(Stage):
             with self.autocast():
                 out, targets, target_codes = training_outputs(self.model, self.table.codes,
                                                               hist, targets)
-            losses["code"] = self.code_loss(out["logits"], hist, target_codes)
+            losses["code"] = self.objective(self.table, out["logits"], target_codes, hist)
         if kind in ("tokenizer", "recommender"):
             with torch.set_grad_enabled(kind == "tokenizer"):
                 item = self.tokenizer(self.semantic[targets])

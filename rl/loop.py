@@ -25,10 +25,10 @@ from etegrl.data import DataError
 from etegrl.generation import beam_search, sample_items
 from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
-from etegrl.losses import code_loss
 from etegrl.model import history_tokens
+from etegrl.objective import CodeObjective
 from etegrl.stage import Stage
-from etegrl.teacher import Teacher, add_teacher_items, code_targets
+from etegrl.teacher import Teacher, add_teacher_items
 from etegrl.training import RowEpochs
 
 from .config import RLConfig
@@ -50,7 +50,7 @@ class Rollout:
     ref_logps: torch.Tensor | None
     old_logps: torch.Tensor | None  # num_iterations > 1
     target_codes: torch.Tensor | None = None  # (users, code_len) the true items (sft_weight)
-    target_soft: torch.Tensor | None = None  # the teacher's code targets (sft_teacher_weight)
+    target_scores: torch.Tensor | None = None  # the teacher's scores of these users
     stats: dict = field(default_factory=dict)  # rewards, hit rate, zero-std share
 
 
@@ -73,6 +73,9 @@ class RLStage(Stage):
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                    dropout=cfg.lora_dropout, targets=cfg.lora_targets)
         self.load_teacher()
+        # the sft term: the finetune loss, with the teacher's code targets (sft_teacher_weight)
+        self.sft_objective = CodeObjective(trie=cfg.logprob == "trie", teacher=self.teacher,
+                                           weight=cfg.sft_teacher_weight, exclude=self.exclude)
         self.reward_fns = [rewards.load_reward(s) for s in cfg.reward_funcs]
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_fns)
         counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
@@ -201,14 +204,9 @@ class RLStage(Stage):
             if cfg.num_iterations > 1:
                 old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
                 old_logps = code_logprobs(old_logits, flat, allowed)
-        target_codes = target_soft = None
-        if cfg.sft_weight:
-            target_codes = self.table.codes[targets]
-            if cfg.sft_teacher_weight:
-                target_soft = code_targets(torch.softmax(scores, -1), self.table.codes,
-                                           target_codes, self.table.code_num)
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
-                       target_codes=target_codes, target_soft=target_soft,
+                       target_codes=self.table.codes[targets] if cfg.sft_weight else None,
+                       target_scores=scores,
                        valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
                        allowed=allowed, encoded=encoded if graph else None,
                        ref_logits=ref_logits if cfg.kl_estimator == "exact" else None,
@@ -223,9 +221,8 @@ class RLStage(Stage):
         if ro.target_codes is not None:  # the true item as a one-member group, teacher-forced
             target_logits, _ = self.logits_for(self.model, ro.tokens, ro.mask,
                                                ro.target_codes[:, None], ro.encoded)
-            sft = code_loss(target_logits, ro.target_codes, None if ro.allowed is None
-                            else self.table.allowed_along(ro.target_codes),
-                            soft=ro.target_soft, soft_weight=cfg.sft_teacher_weight)
+            sft = self.sft_objective(self.table, target_logits, ro.target_codes,
+                                     scores=ro.target_scores)
         ro.encoded = None  # its graph serves one backward pass
         logps = code_logprobs(logits, ro.flat, ro.allowed)
         old = logps.detach() if ro.old_logps is None else ro.old_logps

@@ -125,15 +125,19 @@ def test_pretrain_with_a_teacher(tiny_data, tmp_path):
     from pretrain.__main__ import main as pretrain_main
 
     data, _ = teacher_dir(tmp_path, tiny_data)
-    out = tmp_path / "pre"
-    assert pretrain_main([f"data_dir={data}", f"output_dir={out}", "d_model=32", "d_ff=64",
-                          "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16",
-                          "max_len=8", "code_num=8", "e_dim=8", "tok_hidden=[32]",
-                          "tokenizer_pretrain_epochs=2", "epochs=4", "warmup_epochs=1",
-                          "batch_size=64", "progress=false", "teacher=sasrec",
-                          "teacher_temperature=2"]) == 0
+    common = [f"data_dir={data}", "d_model=32", "d_ff=64", "num_layers=1",
+              "num_decoder_layers=1", "num_heads=2", "d_kv=16", "max_len=8", "code_num=8",
+              "e_dim=8", "tok_hidden=[32]", "tokenizer_pretrain_epochs=2", "epochs=4",
+              "warmup_epochs=1", "batch_size=64", "progress=false", "teacher=sasrec"]
+    out, zero = tmp_path / "pre", tmp_path / "zero"
+    assert pretrain_main(common + [f"output_dir={out}", "teacher_temperature=2"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["teacher"] == {"name": "sasrec", "weight": 0.5, "temperature": 2.0}
+    # the teacher's targets reach the code loss: the same run at weight 0 logs other losses
+    assert pretrain_main(common + [f"output_dir={zero}", "teacher_weight=0"]) == 0
+    losses = [[json.loads(line).get("code") for line in (d / "log.jsonl").read_text()
+               .splitlines()] for d in (out, zero)]
+    assert losses[0] != losses[1]
 
 
 def test_rl_sft_term_with_the_teacher(tiny_data, trained_run, tmp_path):
