@@ -25,14 +25,18 @@ class CodeObjective:
                    temperature=cfg.teacher_temperature, exclude=exclude)
 
     def __call__(self, table, logits: torch.Tensor, target_codes: torch.Tensor,
-                 hist: torch.Tensor | None = None,
+                 hist: torch.Tensor | None = None, windows: torch.Tensor | None = None,
                  scores: torch.Tensor | None = None) -> torch.Tensor:
-        """``logits [B, T, C]`` of the targets' codes ``[B, T]`` under ``table`` (a CodeTable);
-        ``hist`` the histories the teacher scores, or ``scores`` its scores already at hand."""
+        """``logits [N, T, C]`` of the targets' codes ``[N, T]`` under ``table`` (a CodeTable);
+        ``hist`` the histories the teacher scores (prefix rows, N of them), or with ``windows``
+        (the ``[B, W]`` next items of sequence windows ``hist``, 0 = unscored) the windows whose
+        N scored positions it scores; or ``scores`` its scores already at hand."""
         allowed = table.allowed_along(target_codes) if self.trie else None
         if self.teacher is None:
             return code_loss(logits, target_codes, allowed)
-        if scores is None:
+        if scores is None and windows is not None and windows.dim() == 2:
+            scores = self.teacher.window_scores(hist, windows, exclude=self.exclude)
+        elif scores is None:
             scores = self.teacher.scores(hist, exclude=self.exclude)
         soft = code_targets(torch.softmax(scores / self.temperature, -1), table.codes,
                             target_codes, table.code_num)

@@ -98,16 +98,13 @@ def step_count(value: float | None, total: int) -> int:
 class DistillOptions:
     """A teacher's item distribution as soft targets of the supervised stages' code loss."""
 
-    teacher: Literal["none", "sasrec"] = option("none", "Distil from a scorer of every item: sasrec = the prepare step's SASRec in data_dir (trained on the training rows only). Its item distribution for each training history, history items excluded where exclude_history is on, becomes per-code soft targets along the target's codes (train_on=rows only).")
+    teacher: Literal["none", "sasrec"] = option("none", "Distil from a scorer of every item: sasrec = the prepare step's SASRec in data_dir (trained on the training rows only). Its item distribution for each training history, history items excluded where exclude_history is on, becomes per-code soft targets along the target's codes; with train_on=sequences one causal teacher pass scores every position of a window from the window's items up to it (max_len at most the prepare step's).")
     teacher_weight: float = option(0.5, "With a teacher: each code's target is (1 − w) · the true code + w · the teacher's distribution of that code given the target's earlier codes.")
     teacher_temperature: float = option(1.0, "With a teacher: its scores are divided by this before the softmax (> 1 flattens the distribution).")
 
     def check_distill(self) -> None:
         require(self, 0, "teacher_weight", high=1)
         require(self, 0, "teacher_temperature", above=True)
-        if self.teacher != "none" and self.train_on != "rows":
-            raise ValueError("teacher needs train_on=rows (sequence windows have no teacher "
-                             "targets yet)")
 
 
 @dataclass

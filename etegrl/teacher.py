@@ -44,18 +44,56 @@ class Teacher:
         self.model.to(device).requires_grad_(False).eval()
         self.n_items = n_items
 
+    @property
+    def max_len(self) -> int:
+        return self.model.max_len
+
+    def recent(self, hist: torch.Tensor) -> torch.Tensor:
+        """Right-padded histories ``[B, L]`` → each row's last ``max_len`` items, still
+        right-padded (the form SASRec was trained on: a row's first item at position 0)."""
+        if hist.shape[1] <= self.max_len:
+            return hist
+        length = (hist > 0).sum(1, keepdim=True)
+        idx = (length - self.max_len).clamp(min=0) + torch.arange(self.max_len, device=hist.device)
+        return torch.where(idx < length, hist.gather(1, idx.clamp(max=hist.shape[1] - 1)), 0)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[..., d]`` → scores ``[..., n_items + 1]``, column 0 −inf."""
+        s = self.model.item_scores(hidden)
+        return torch.cat([s.new_full((*s.shape[:-1], 1), float("-inf")), s], -1)
+
     @torch.no_grad()
     def scores(self, hist: torch.Tensor, exclude: bool = False) -> torch.Tensor:
         """Right-padded histories ``[B, L]`` → scores ``[B, n_items + 1]`` (column = item id;
-        column 0, and the history items when ``exclude``, are −inf)."""
-        hist = hist.to(next(self.model.parameters()).device)
-        hidden = self.model(hist[:, -self.model.max_len:])
-        last = (hist[:, -self.model.max_len:] > 0).sum(1).clamp(min=1) - 1
-        h = hidden[torch.arange(len(hist), device=hist.device), last]
-        s = self.model.item_scores(h)
-        s = torch.cat([s.new_full((len(hist), 1), float("-inf")), s], 1)
+        column 0, and the history items when ``exclude``, are −inf). A history longer than
+        the teacher's ``max_len`` is read from its last ``max_len`` items."""
+        hist = self.recent(hist.to(next(self.model.parameters()).device))
+        last = (hist > 0).sum(1).clamp(min=1) - 1
+        s = self.logits(self.model(hist)[torch.arange(len(hist), device=hist.device), last])
         if exclude:
             s = s.scatter(1, hist, float("-inf"))
+        s[:, 0] = float("-inf")
+        return s
+
+    @torch.no_grad()
+    def window_scores(self, items: torch.Tensor, targets: torch.Tensor,
+                      exclude: bool = False) -> torch.Tensor:
+        """Sequence windows (``train_on=sequences``): items ``[B, W]`` right-padded and their
+        next items ``targets [B, W]`` (0 = no loss there) → scores ``[N, n_items + 1]`` for the
+        N scored positions in row-major order (the order of ``targets[targets > 0]``). One
+        causal pass scores every position, each from the window's items up to it — what the
+        causal recommender reads there; ``exclude`` removes those items."""
+        if items.shape[1] > self.max_len:
+            raise ValueError(f"sequence windows of {items.shape[1]} items are longer than the "
+                             f"teacher's max_len ({self.max_len}, the prepare step's): set "
+                             f"max_len to at most {self.max_len}")
+        items = items.to(next(self.model.parameters()).device)
+        keep = targets.to(items.device) > 0
+        s = self.logits(self.model(items)[keep])
+        if exclude:  # position w excludes the window's items 0..w (padding → column 0)
+            b, w = keep.nonzero(as_tuple=True)
+            upto = torch.arange(items.shape[1], device=items.device) <= w[:, None]
+            s = s.scatter(1, torch.where(upto, items[b], 0), float("-inf"))
         s[:, 0] = float("-inf")
         return s
 

@@ -42,7 +42,7 @@ class FinetuneStage(Stage):
     def batch_losses(self, hist, targets, batch=None):
         with self.autocast():
             out, _, target_codes = training_outputs(self.model, self.table.codes, hist, targets)
-        loss = self.objective(self.table, out["logits"], target_codes, hist)
+        loss = self.objective(self.table, out["logits"], target_codes, hist, windows=targets)
         return {"code": loss, "total": loss}
 
     def run_epoch(self, epoch: int) -> str:

@@ -164,9 +164,11 @@ class PretrainStage(Stage):
             losses["vq"] = self.tokenizer(self.semantic[uniq[part]])["loss"] * scale
         else:
             with self.autocast():
-                out, targets, target_codes = training_outputs(self.model, self.table.codes,
-                                                              hist, targets)
-            losses["code"] = self.objective(self.table, out["logits"], target_codes, hist)
+                out, scored, target_codes = training_outputs(self.model, self.table.codes,
+                                                             hist, targets)
+            losses["code"] = self.objective(self.table, out["logits"], target_codes, hist,
+                                            windows=targets)
+            targets = scored
         if kind in ("tokenizer", "recommender"):
             with torch.set_grad_enabled(kind == "tokenizer"):
                 item = self.tokenizer(self.semantic[targets])

@@ -113,12 +113,29 @@ def test_finetune_with_a_teacher(tiny_data, trained_run, tmp_path):
     assert losses[1] == losses[2] and losses[0] != losses[1]
 
 
-def test_teacher_needs_prefix_rows(tiny_data, trained_run, tmp_path, capsys):
-    from finetune.__main__ import main as finetune_main
+def test_teacher_reads_long_histories_from_their_end(tiny_data, tmp_path):
+    data, _ = teacher_dir(tmp_path, tiny_data)  # its max_len is 8
+    teacher = Teacher(data, 30)
+    long = torch.tensor([list(range(1, 13)) + [0, 0], [4, 5, 6] + [0] * 11])
+    short = torch.tensor([list(range(5, 13)), [4, 5, 6, 0, 0, 0, 0, 0]])
+    torch.testing.assert_close(teacher.scores(long, exclude=True),
+                               teacher.scores(short, exclude=True))
 
-    assert finetune_main([f"output_dir={tmp_path / 'ft'}", "teacher=sasrec",
-                          "train_on=sequences"]) == 2
-    assert "teacher needs train_on=rows" in capsys.readouterr().err
+
+def test_window_scores_are_the_prefix_scores(tiny_data, tmp_path):
+    """Every scored position of a sequence window gets what the teacher gives the window's
+    items up to it as a prefix row, with and without history items excluded."""
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    teacher = Teacher(data, 30)
+    items = torch.tensor([[3, 5, 7, 9], [2, 4, 6, 0]])
+    targets = torch.tensor([[0, 7, 9, 11], [4, 6, 8, 0]])  # position (0, 0) unscored
+    prefixes = torch.tensor([[3, 5, 0, 0], [3, 5, 7, 0], [3, 5, 7, 9],
+                             [2, 0, 0, 0], [2, 4, 0, 0], [2, 4, 6, 0]])
+    for exclude in (False, True):
+        torch.testing.assert_close(teacher.window_scores(items, targets, exclude),
+                                   teacher.scores(prefixes, exclude))
+    with pytest.raises(ValueError, match="longer than the teacher's max_len"):
+        teacher.window_scores(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 9))
 
 
 def test_pretrain_with_a_teacher(tiny_data, tmp_path):
@@ -168,3 +185,26 @@ def test_rl_sft_term_with_the_teacher(tiny_data, trained_run, tmp_path):
     stage.cleanup()
     with pytest.raises(ValueError, match="sft_teacher_weight needs"):
         RLConfig(sft_teacher_weight=0.5, sft_weight=1.0)
+
+
+def test_pretrain_on_sequences_with_a_teacher(tiny_data, tmp_path, capsys):
+    from pretrain.__main__ import main as pretrain_main
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    common = [f"data_dir={data}", "d_model=32", "d_ff=64", "num_layers=1",
+              "num_decoder_layers=1", "num_heads=2", "d_kv=16", "code_num=8", "e_dim=8",
+              "tok_hidden=[32]", "tokenizer_pretrain_epochs=2", "epochs=4", "warmup_epochs=1",
+              "batch_size=16", "progress=false", "train_on=sequences", "causal_encoder=true",
+              "rows_per_user=0", "teacher=sasrec"]
+    runs = {w: tmp_path / f"w{w}" for w in ("0.7", "0")}
+    for w, out in runs.items():
+        assert pretrain_main(common + ["max_len=8", f"teacher_weight={w}",
+                                       f"output_dir={out}"]) == 0
+    assert pretrain_main([a for a in common if a != "teacher=sasrec"]
+                         + ["max_len=8", f"output_dir={tmp_path / 'none'}"]) == 0
+    losses = [[json.loads(line).get("code") for line in (d / "log.jsonl").read_text()
+               .splitlines()] for d in (*runs.values(), tmp_path / "none")]
+    assert losses[1] == losses[2] and losses[0] != losses[1]
+    # windows longer than the teacher reads: one error naming the key
+    assert pretrain_main(common + ["max_len=10", f"output_dir={tmp_path / 'long'}"]) == 2
+    assert "max_len=10: sequence windows with a teacher" in capsys.readouterr().err
