@@ -22,7 +22,6 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .compare import with_start
 from .data import exclude_history, item_counts, load_processed, write_topk
 from .distributed import Processes, native_bf16, set_threads
-from .errors import EtegrlError
 from .evaluation import evaluate_generative, protocol
 from .malloc import keep_freed_memory
 from .metrics import most_popular
@@ -196,14 +195,7 @@ class Stage:
 
     def load_teacher(self) -> None:
         """The config's teacher (``teacher``: none or sasrec), after ``begin``."""
-        cfg = self.cfg
-        if getattr(cfg, "teacher", "none") != "sasrec":
-            return
-        self.teacher = Teacher(cfg.data_dir, self.data.n_items, device=self.device)
-        if getattr(cfg, "train_on", "rows") == "sequences" and cfg.max_len > self.teacher.max_len:
-            raise EtegrlError(f"max_len={cfg.max_len}: sequence windows with a teacher may be "
-                              f"at most the teacher's max_len ({self.teacher.max_len}, from "
-                              f"{cfg.data_dir}/prepare_config.yaml)")
+        self.teacher = Teacher.for_config(self.cfg, self.data.n_items, device=self.device)
 
     def autocast(self):
         """Context of the recommender's training forward passes: bf16 autocast when the config

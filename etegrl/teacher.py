@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 from .embeddings import EmbeddingError
+from .errors import EtegrlError
 from .embeddings.sasrec import SASRec
 from .files import read_tensors
 
@@ -43,6 +44,19 @@ class Teacher:
                                  f"({err})") from None
         self.model.to(device).requires_grad_(False).eval()
         self.n_items = n_items
+
+    @classmethod
+    def for_config(cls, cfg, n_items: int, device="cpu") -> "Teacher | None":
+        """The teacher a stage's config names (``teacher``: none or sasrec; None for none),
+        checked against the config: sequence windows may be no longer than it reads."""
+        if getattr(cfg, "teacher", "none") != "sasrec":
+            return None
+        teacher = cls(cfg.data_dir, n_items, device=device)
+        if getattr(cfg, "train_on", "rows") == "sequences" and cfg.max_len > teacher.max_len:
+            raise EtegrlError(f"max_len={cfg.max_len}: sequence windows with a teacher may be "
+                              f"at most the teacher's max_len ({teacher.max_len}, from "
+                              f"{cfg.data_dir}/prepare_config.yaml)")
+        return teacher
 
     @property
     def max_len(self) -> int:
