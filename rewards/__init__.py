@@ -14,6 +14,11 @@ facts, one value per completion unless noted:
   popularity     item → training count, a tensor over item ids (shared, not per completion)
   code_len       codes per item (shared)
   teacher_rank   the member's 0-based rank among all items by the teacher (with teacher=sasrec)
+  teacher_logprob  the member's log-probability under the teacher (a softmax over the items it
+                 may recommend; None where it gives none)
+  policy_logprob the member's log-probability under the policy that built the group (the sum
+                 over its codes), passed only when a reward function carries
+                 ``uses_policy_logprob = True`` (it costs a forward pass of the group)
   future         the user's next training items after the target, nearest first (with
                  future_items > 0; never validation or test items)
   future_discount  credit of the j-th next item: future_discount ** j (shared)
@@ -96,6 +101,21 @@ def teacher(prompts, completions, completion_ids, *, teacher_rank, **kwargs):
     return [None if r is None else 1.0 / math.log2(r + 2) for r in teacher_rank]
 
 
+def teacher_logratio(prompts, completions, completion_ids, *, teacher_logprob, policy_logprob,
+                     **kwargs):
+    """How much more the teacher believes in the member than the policy does:
+    log p_teacher(item | history) − log π(item | history), π the policy that built the group.
+    Group-normalised, its policy gradient is that of the reverse KL from the policy to the
+    teacher over the group's members (on-policy distillation): it raises members the policy
+    underrates against the teacher and lowers those it overrates, such as popular items a
+    collapsed policy names for everyone, and fades as the two agree. None where the teacher
+    gives no probability (no item, or a history item it never recommends)."""
+    return [None if t is None else t - p for t, p in zip(teacher_logprob, policy_logprob)]
+
+
+teacher_logratio.uses_policy_logprob = True
+
+
 def future_hit(prompts, completions, completion_ids, *, target, future, future_discount,
                **kwargs):
     """Multi-positive hit: 1 for the target, ``future_discount ** j`` for the user's j-th next
@@ -113,7 +133,7 @@ def future_hit(prompts, completions, completion_ids, *, target, future, future_d
 
 
 BUILTIN = {f.__name__: f for f in (hit, rank_aware, ranking_penalty, prefix_match, novelty,
-                                   teacher, future_hit)}
+                                   teacher, teacher_logratio, future_hit)}
 
 
 def load_reward(spec: str):

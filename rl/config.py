@@ -49,7 +49,7 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
     reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, future_hit) or path/to/file.py:function; weights in reward_weights.")
-    teacher: Literal["none", "sasrec"] = option("none", "A scorer of every item for a history: sasrec = the prepare step's SASRec in data_dir (trained on training rows only). Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_items their members.")
+    teacher: Literal["none", "sasrec"] = option("none", "A scorer of every item for a history: sasrec = the prepare step's SASRec in data_dir (trained on training rows only). Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_logprob, and teacher_items their members.")
     teacher_items: int = option(0, "Replace the last N members of every group by the teacher's best items the group lacks (history items excluded where exclude_history is on), so that rewards can pull the policy toward items outside its beam. Needs teacher.")
     future_items: int = option(0, "Give reward functions `future`: each prompt's next N training items after its target (the built-in future_hit reward credits them); 0 = off.")
     future_discount: float = option(0.5, "future_hit's credit for the j-th next item: future_discount ** j.")
@@ -90,8 +90,10 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
         require(self, 0, "teacher_items", high=self.num_generations)
         require(self, 0, "future_items")
         require(self, 0, "future_discount", high=1)
-        if self.teacher == "none" and (self.teacher_items or "teacher" in self.reward_funcs):
-            raise ValueError("teacher_items and the 'teacher' reward need teacher=sasrec")
+        needs = [f for f in ("teacher", "teacher_logratio") if f in self.reward_funcs]
+        if self.teacher == "none" and (self.teacher_items or needs):
+            raise ValueError(f"{'the ' + repr(needs[0]) + ' reward' if needs else 'teacher_items'} "
+                             f"needs teacher=sasrec")
         if "future_hit" in self.reward_funcs and not self.future_items:
             raise ValueError("the 'future_hit' reward needs future_items ≥ 1")
         with warnings.catch_warnings():  # transformers warns about a field trl sets, not the user

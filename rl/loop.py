@@ -78,6 +78,8 @@ class RLStage(Stage):
                                            weight=cfg.sft_teacher_weight, exclude=self.exclude)
         self.reward_fns = [rewards.load_reward(s) for s in cfg.reward_funcs]
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_fns)
+        self.needs_policy_logprob = any(getattr(fn, "uses_policy_logprob", False)
+                                        for fn in self.reward_fns)
         counts = np.bincount(np.asarray(self.data.splits["train"]["target"]),
                              minlength=self.data.n_items + 1)
         self.popularity = torch.as_tensor(counts)
@@ -125,7 +127,8 @@ class RLStage(Stage):
             items[missing, -1] = targets[missing]
         return items, self.table.codes[items]
 
-    def group_rewards(self, hist, targets, items, codes, teacher_scores=None, rows=None):
+    def group_rewards(self, hist, targets, items, codes, teacher_scores=None, rows=None,
+                      policy_logps=None):
         g = items.shape[1]
         flat_items = items.reshape(-1).tolist()
         prompts = [[i for i in h if i] for h in hist.tolist() for _ in range(g)]
@@ -143,6 +146,11 @@ class RLStage(Stage):
             ranks = Teacher.ranks(teacher_scores).gather(1, items).reshape(-1).tolist()
             usable = torch.isfinite(teacher_scores.gather(1, items)).reshape(-1).tolist()
             kwargs["teacher_rank"] = [r if ok else None for r, ok in zip(ranks, usable)]
+            logp = torch.log_softmax(teacher_scores.float(), 1).gather(1, items).reshape(-1)
+            kwargs["teacher_logprob"] = [float(v) if ok else None
+                                         for v, ok in zip(logp.tolist(), usable)]
+        if policy_logps is not None:  # each member's log-probability, summed over its codes
+            kwargs["policy_logprob"] = policy_logps.sum(-1).tolist()
         totals, per_fn = rewards.score(self.reward_fns, self.reward_weights, prompts, flat_items,
                                        codes.reshape(-1, codes.shape[-1]).tolist(),
                                        timeout=self.cfg.reward_timeout, **kwargs)
@@ -177,7 +185,19 @@ class RLStage(Stage):
         shared = None if encoded is None else encoded.detach()
         scores = None if self.teacher is None else self.teacher.scores(hist, self.exclude)
         items, codes = self.make_groups(hist, targets, shared, scores)
-        r, stats = self.group_rewards(hist, targets, items, codes, scores, rows)
+        flat = codes.reshape(-1, codes.shape[-1])
+        allowed = None
+        if cfg.logprob == "trie":
+            allowed = torch.stack([self.table.allowed(flat[:, :t])
+                                   for t in range(flat.shape[1])], 1)
+        # the log-probabilities of the policy that built the groups: the old policy of later
+        # iterations, and what reward functions with uses_policy_logprob read
+        policy_logps = None
+        if self.needs_policy_logprob or cfg.num_iterations > 1:
+            with torch.no_grad():
+                policy_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
+                policy_logps = code_logprobs(policy_logits, flat, allowed)
+        r, stats = self.group_rewards(hist, targets, items, codes, scores, rows, policy_logps)
         spread = nanstd(r, dim=1) > 1e-8  # groups with a signal (NaN: fewer than 2 members)
         stats["frac_reward_zero_std"] = 1.0 - spread.float().mean().item()
         stats["reward"] = float(r.nanmean())
@@ -190,20 +210,19 @@ class RLStage(Stage):
             encoded = None if encoded is None else encoded[keep]
             shared = None if shared is None else shared[keep]
             scores = None if scores is None else scores[keep]
+
+            def members(x):  # (users·G, ...) rows of the kept groups
+                return None if x is None else x.unflatten(0, (-1, r.shape[1]))[keep].flatten(0, 1)
+            policy_logps, allowed = members(policy_logps), members(allowed)
+            flat = codes.reshape(-1, codes.shape[-1])
         adv, _ = group_advantages(r, cfg.scale_rewards)
-        flat = codes.reshape(-1, codes.shape[-1])
-        allowed = None
-        if cfg.logprob == "trie":
-            allowed = torch.stack([self.table.allowed(flat[:, :t])
-                                   for t in range(flat.shape[1])], 1)
         ref_logits = ref_logps = old_logps = None
         with torch.no_grad():
             if self.ref is not None:
                 ref_logits, _ = self.logits_for(self.ref, tokens, mask, codes)
                 ref_logps = code_logprobs(ref_logits, flat, allowed)
             if cfg.num_iterations > 1:
-                old_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
-                old_logps = code_logprobs(old_logits, flat, allowed)
+                old_logps = policy_logps
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
                        target_codes=self.table.codes[targets] if cfg.sft_weight else None,
                        target_scores=scores,

@@ -59,10 +59,90 @@ def test_teacher_reward_by_hand():
     assert values == [1.0, pytest.approx(1 / 3), None]
 
 
-def test_teacher_needs_a_teacher(tmp_path, capsys):
+def test_teacher_logratio_reward_by_hand():
+    values = rewards.teacher_logratio([[1]] * 3, [4, 5, 0], [[1], [2], [0]],
+                                      teacher_logprob=[-2.0, -1.0, None],
+                                      policy_logprob=[-0.5, -3.0, -1.0])
+    assert values == [-1.5, 2.0, None]
+    assert rewards.teacher_logratio.uses_policy_logprob
+
+
+@pytest.mark.parametrize("reward", ["teacher", "teacher_logratio"])
+def test_teacher_needs_a_teacher(tmp_path, capsys, reward):
     assert rl_main([f"output_dir={tmp_path / 'rl'}", f"data_dir={tmp_path / 'none'}",
-                    "reward_funcs=[hit,teacher]", "reward_weights=[1,1]"]) == 2
-    assert "the 'teacher' reward need teacher=sasrec" in capsys.readouterr().err
+                    f"reward_funcs=[hit,{reward}]", "reward_weights=[1,1]"]) == 2
+    assert f"the '{reward}' reward needs teacher=sasrec" in capsys.readouterr().err
+
+
+RECORDER = """
+seen = []
+
+
+def plain(prompts, completions, completion_ids, **kwargs):
+    seen.append(kwargs)
+    return [0.0] * len(completions)
+
+
+def wants_policy(prompts, completions, completion_ids, **kwargs):
+    seen.append(kwargs)
+    return [float(i) for i in range(len(completions))]
+
+
+wants_policy.uses_policy_logprob = True
+"""
+
+
+def test_rewards_read_teacher_and_policy_logprobs(tiny_data, trained_run, tmp_path):
+    """teacher_logprob is the log-softmax of the teacher's scores at each member; policy_logprob,
+    passed only to functions that ask for it, the policy's log-probability of the member's codes,
+    here recomputed through the model's ordinary forward pass, one member at a time."""
+    import torch.nn.functional as F
+
+    from etegrl.model import training_outputs
+    from rl.config import RLConfig
+    from rl.loop import RLStage
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER)
+
+    def first_rollout(funcs):
+        cfg = RLConfig(data_dir=str(data), checkpoint=str(trained_run / "best"),
+                       output_dir=str(tmp_path / "rl"), max_len=8, num_generations=4,
+                       per_device_train_batch_size=16, progress=False, teacher="sasrec",
+                       reward_funcs=[f"{script}:{f}" for f in funcs],
+                       reward_weights=[1.0] * len(funcs))
+        stage = RLStage(cfg, log=lambda *_: None)
+        stage.setup()
+        stage.model.eval()
+        torch.manual_seed(0)
+        with torch.no_grad():  # the policy moves away from the reference, as after some steps
+            for p in stage.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        hist, targets = next(stage.rows.epoch())
+        stage.rollout(hist, targets, graph=False)
+        # each spec loads the file as a module of its own
+        return stage, cfg, hist, [fn.__globals__["seen"][0] for fn in stage.reward_fns]
+
+    stage, _, _, (plain,) = first_rollout(["plain"])
+    assert "policy_logprob" not in plain and "teacher_logprob" in plain
+    stage.cleanup()
+    stage, cfg, hist, (_, wants) = first_rollout(["plain", "wants_policy"])
+    g = cfg.num_generations
+    items = torch.tensor(wants["group_items"][::g])  # (users, G)
+    expected_teacher = torch.log_softmax(stage.teacher.scores(hist, stage.exclude), 1).gather(1, items)
+    got_teacher = torch.tensor([float("nan") if v is None else v
+                                for v in wants["teacher_logprob"]]).reshape(items.shape)
+    real = items > 0
+    torch.testing.assert_close(got_teacher[real], expected_teacher[real])
+    got_policy = torch.tensor(wants["policy_logprob"]).reshape(items.shape)
+    with torch.no_grad():
+        for j in range(g):
+            rows = real[:, j]
+            out, _, codes = training_outputs(stage.model, stage.table.codes, hist[rows], items[rows, j])
+            lp = F.log_softmax(out["logits"].float(), -1).gather(-1, codes.unsqueeze(-1)).sum((1, 2))
+            torch.testing.assert_close(got_policy[rows, j], lp, rtol=1e-4, atol=1e-4)
+    stage.cleanup()
 
 
 def test_rl_run_with_a_teacher(tiny_data, trained_run, tmp_path):
