@@ -98,9 +98,10 @@ def step_count(value: float | None, total: int) -> int:
 class DistillOptions:
     """A teacher's item distribution as soft targets of the supervised stages' code loss."""
 
-    teacher: Literal["none", "sasrec"] = option("none", "Distil from a scorer of every item: sasrec = the prepare step's SASRec in data_dir (trained on the training rows only). Its item distribution for each training history, history items excluded where exclude_history is on, becomes per-code soft targets along the target's codes; with train_on=sequences one causal teacher pass scores every position of a window from the window's items up to it (max_len at most the prepare step's).")
+    teacher: Literal["none", "sasrec"] = option("none", "Distil from a scorer of every item: sasrec = the prepare step's SASRec in data_dir (trained on the training rows only). Its item distribution for each training history, history items excluded where teacher_exclude_history says so, becomes per-code soft targets along the target's codes; with train_on=sequences one causal teacher pass scores every position of a window from the window's items up to it (max_len at most the prepare step's).")
     teacher_weight: float = option(0.5, "With a teacher: each code's target is (1 − w) · the true code + w · the teacher's distribution of that code given the target's earlier codes.")
     teacher_temperature: float = option(1.0, "With a teacher: its scores are divided by this before the softmax (> 1 flattens the distribution).")
+    teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", "Whether the teacher may name an item of the user's own history: auto = as exclude_history (the evaluation's rule), always = never (its scores of history items are −inf), never = it may. always suits data where a few targets repeat a history item (so exclude_history stays off) but a sequential teacher still puts much of its mass on the history.")
 
     def check_distill(self) -> None:
         require(self, 0, "teacher_weight", high=1)

@@ -22,7 +22,7 @@ class FinetuneStage(Stage):
         cfg = self.cfg
         self.load_start(cfg.checkpoint)
         self.load_teacher()
-        self.objective = CodeObjective.from_config(cfg, self.teacher, self.exclude)
+        self.objective = CodeObjective.from_config(cfg, self.teacher, self.teacher_exclude)
         if cfg.dropout_rate >= 0:
             set_dropout(self.model, cfg.dropout_rate)
         self.peft = None
@@ -56,5 +56,6 @@ class FinetuneStage(Stage):
     def checkpoint_info(self) -> dict:
         return {"from": self.cfg.checkpoint, "lora": self.cfg.use_lora,
                 "teacher": {"name": self.cfg.teacher, "weight": self.cfg.teacher_weight,
-                            "temperature": self.cfg.teacher_temperature},
+                            "temperature": self.cfg.teacher_temperature,
+                            "exclude_history": self.teacher_exclude},
                 "codes": self.source_info.get("codes", {})}

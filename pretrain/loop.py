@@ -52,7 +52,7 @@ class PretrainStage(Stage):
     def build(self) -> None:
         cfg = self.cfg
         self.load_teacher()
-        self.objective = CodeObjective.from_config(cfg, self.teacher, self.exclude)
+        self.objective = CodeObjective.from_config(cfg, self.teacher, self.teacher_exclude)
         self.semantic = load_embedding(Path(cfg.data_dir) / "embeddings" / "semantic.safetensors",
                                        n_items=self.data.n_items).to(self.device)
         self.tokenizer_args = dict(
@@ -215,4 +215,5 @@ class PretrainStage(Stage):
                 "loss_weights": {"code": cfg.w_code, "vq": cfg.w_vq, "sia": cfg.w_sia,
                                  "psa": cfg.w_psa},
                 "teacher": {"name": cfg.teacher, "weight": cfg.teacher_weight,
-                            "temperature": cfg.teacher_temperature}}
+                            "temperature": cfg.teacher_temperature,
+                            "exclude_history": self.teacher_exclude}}

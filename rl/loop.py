@@ -75,7 +75,8 @@ class RLStage(Stage):
         self.load_teacher()
         # the sft term: the finetune loss, with the teacher's code targets (sft_teacher_weight)
         self.sft_objective = CodeObjective(trie=cfg.logprob == "trie", teacher=self.teacher,
-                                           weight=cfg.sft_teacher_weight, exclude=self.exclude)
+                                           weight=cfg.sft_teacher_weight,
+                                           exclude=self.teacher_exclude)
         self.reward_fns = [rewards.load_reward(s) for s in cfg.reward_funcs]
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_fns)
         self.needs_policy_logprob = any(getattr(fn, "uses_policy_logprob", False)
@@ -183,7 +184,7 @@ class RLStage(Stage):
             with torch.set_grad_enabled(graph):
                 encoded = self.model.encode(tokens, mask)
         shared = None if encoded is None else encoded.detach()
-        scores = None if self.teacher is None else self.teacher.scores(hist, self.exclude)
+        scores = None if self.teacher is None else self.teacher.scores(hist, self.teacher_exclude)
         items, codes = self.make_groups(hist, targets, shared, scores)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
@@ -328,6 +329,7 @@ class RLStage(Stage):
                 "reward_funcs": list(cfg.reward_funcs), "reward_weights": self.reward_weights,
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
                 "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
+                "teacher_exclude_history": self.teacher_exclude,
                 "codes": self.source_info.get("codes", {})}
 
 

@@ -182,15 +182,44 @@ def test_finetune_with_a_teacher(tiny_data, trained_run, tmp_path):
     common = [f"data_dir={data}", f"checkpoint={trained_run / 'best'}", "max_len=8", "epochs=1",
               "batch_size=64", "progress=false", "teacher=sasrec"]
     assert finetune_main(common + [f"output_dir={out}", "teacher_weight=0.7"]) == 0
+    # the tiny data repeats no item, so auto excludes history items from the teacher as well
     assert json.loads((out / "results.json").read_text())["teacher"] == {
-        "name": "sasrec", "weight": 0.7, "temperature": 1.0}
+        "name": "sasrec", "weight": 0.7, "temperature": 1.0, "exclude_history": True}
     # weight 0: the teacher is loaded but the loss is the plain code loss, the same run as none
-    zero, none = tmp_path / "zero", tmp_path / "none"
+    zero, none, keep = tmp_path / "zero", tmp_path / "none", tmp_path / "keep"
     assert finetune_main(common + [f"output_dir={zero}", "teacher_weight=0"]) == 0
     assert finetune_main(common[:-1] + [f"output_dir={none}"]) == 0
+    # teacher_exclude_history=never: the teacher's mass on history items enters the targets
+    assert finetune_main(common + [f"output_dir={keep}", "teacher_weight=0.7",
+                                   "teacher_exclude_history=never"]) == 0
+    assert json.loads((keep / "results.json").read_text())["teacher"]["exclude_history"] is False
     losses = [[json.loads(line).get("code") for line in (d / "log.jsonl").read_text().splitlines()]
-              for d in (out, zero, none)]
-    assert losses[1] == losses[2] and losses[0] != losses[1]
+              for d in (out, zero, none, keep)]
+    assert losses[1] == losses[2] and losses[0] != losses[1] and losses[3] != losses[0]
+
+
+@pytest.mark.parametrize("mode, expected", [("auto", True), ("always", True), ("never", False)])
+def test_rl_teacher_exclude_history(tiny_data, trained_run, tmp_path, mode, expected):
+    """The rl stage's teacher scores (rewards, teacher items, the sft targets) follow
+    teacher_exclude_history, not the evaluation's exclude_history."""
+    from rl.config import RLConfig
+    from rl.loop import RLStage
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    cfg = RLConfig(data_dir=str(data), checkpoint=str(trained_run / "best"),
+                   output_dir=str(tmp_path / "rl"), max_len=8, num_generations=4,
+                   per_device_train_batch_size=16, progress=False, teacher="sasrec",
+                   teacher_items=2, reward_funcs=["teacher"], reward_weights=[1.0],
+                   sft_weight=1.0, sft_teacher_weight=0.5, teacher_exclude_history=mode)
+    stage = RLStage(cfg, log=lambda *_: None)
+    stage.setup()
+    assert stage.exclude is True  # the evaluation's rule on this data
+    seen, scores = [], stage.teacher.scores
+    stage.teacher.scores = lambda hist, exclude=False: seen.append(exclude) or scores(hist, exclude)
+    hist, targets = next(stage.rows.epoch())
+    stage.rollout(hist, targets, graph=False)
+    assert seen == [expected] and stage.sft_objective.exclude is expected
+    stage.cleanup()
 
 
 def test_teacher_reads_long_histories_from_their_end(tiny_data, tmp_path):
@@ -229,7 +258,8 @@ def test_pretrain_with_a_teacher(tiny_data, tmp_path):
     out, zero = tmp_path / "pre", tmp_path / "zero"
     assert pretrain_main(common + [f"output_dir={out}", "teacher_temperature=2"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["teacher"] == {"name": "sasrec", "weight": 0.5, "temperature": 2.0}
+    assert results["teacher"] == {"name": "sasrec", "weight": 0.5, "temperature": 2.0,
+                                  "exclude_history": True}
     # the teacher's targets reach the code loss: the same run at weight 0 logs other losses
     assert pretrain_main(common + [f"output_dir={zero}", "teacher_weight=0"]) == 0
     losses = [[json.loads(line).get("code") for line in (d / "log.jsonl").read_text()
