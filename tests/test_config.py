@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -170,3 +171,21 @@ def test_trl_fields_the_rl_loop_reads_are_accepted_and_listed(capsys):
             "gradient_accumulation_steps", "max_grad_norm", "report_to", "run_name"} <= listed
     assert listed == {f.name for f in dataclasses.fields(RLConfig)
                       if f.init and not RLConfig.unused_field_error(f.name)}
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (Path(__file__).resolve().parents[1]
+                                                          / "configs").iterdir() if p.is_dir()))
+def test_every_shipped_config_loads(folder):
+    """Each stage's YAML of every configs/ folder parses and passes its stage's checks (the
+    datasets CI never runs would otherwise keep a typo until a user meets it)."""
+    from etegrl.prepare import PrepareConfig
+    from finetune.config import FinetuneConfig
+    from pretrain.config import PretrainConfig
+    from rl.config import RLConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / folder
+    stages = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
+              "rl": RLConfig}
+    assert sorted(p.stem for p in root.glob("*.yaml")) == sorted(stages)
+    for stage, cls in stages.items():
+        assert isinstance(load_config(cls, root / f"{stage}.yaml"), cls)
