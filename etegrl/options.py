@@ -94,6 +94,9 @@ def step_count(value: float | None, total: int) -> int:
     return max(1, math.ceil(round(value * total, 6))) if value < 1 else int(value)
 
 
+TEACHER_EXCLUDE_HISTORY = ("Whether the teacher may name an item of the user's own history: auto = as exclude_history (the evaluation's rule), always = never (its scores of history items are −inf), never = it may. always suits data where a few targets repeat a history item (so exclude_history stays off) but a sequential teacher still puts much of its mass on the history.")
+
+
 @dataclass
 class DistillOptions:
     """A teacher's item distribution as soft targets of the supervised stages' code loss."""
@@ -101,7 +104,7 @@ class DistillOptions:
     teacher: Literal["none", "sasrec"] = option("none", "Distil from a scorer of every item: sasrec = the prepare step's SASRec in data_dir (trained on the training rows only). Its item distribution for each training history, history items excluded where teacher_exclude_history says so, becomes per-code soft targets along the target's codes; with train_on=sequences one causal teacher pass scores every position of a window from the window's items up to it (max_len at most the prepare step's).")
     teacher_weight: float = option(0.5, "With a teacher: each code's target is (1 − w) · the true code + w · the teacher's distribution of that code given the target's earlier codes.")
     teacher_temperature: float = option(1.0, "With a teacher: its scores are divided by this before the softmax (> 1 flattens the distribution).")
-    teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", "Whether the teacher may name an item of the user's own history: auto = as exclude_history (the evaluation's rule), always = never (its scores of history items are −inf), never = it may. always suits data where a few targets repeat a history item (so exclude_history stays off) but a sequential teacher still puts much of its mass on the history.")
+    teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", TEACHER_EXCLUDE_HISTORY)
 
     def check_distill(self) -> None:
         require(self, 0, "teacher_weight", high=1)

@@ -136,8 +136,7 @@ class Stage:
         self.data = load_processed(self.cfg.data_dir)
         self.popular = most_popular(item_counts(self.data.splits, self.data.n_items), 10)
         self.exclude = exclude_history(self.cfg.exclude_history, self.data.splits)
-        mode = getattr(self.cfg, "teacher_exclude_history", "auto")  # a teacher's own rule
-        self.teacher_exclude = self.exclude if mode == "auto" else mode == "always"
+        self.teacher_exclude = Teacher.excludes_history(self.cfg, self.exclude)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
         if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not native_bf16():
             self.log("warning: bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "

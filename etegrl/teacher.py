@@ -58,6 +58,13 @@ class Teacher:
                               f"{cfg.data_dir}/prepare_config.yaml)")
         return teacher
 
+    @staticmethod
+    def excludes_history(cfg, evaluation_excludes: bool) -> bool:
+        """A config's ``teacher_exclude_history``: whether a teacher's scores leave out the
+        user's history items (auto: as the evaluation does)."""
+        mode = getattr(cfg, "teacher_exclude_history", "auto")
+        return evaluation_excludes if mode == "auto" else mode == "always"
+
     @property
     def max_len(self) -> int:
         return self.model.max_len

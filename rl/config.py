@@ -17,7 +17,8 @@ import torch
 from trl import GRPOConfig
 
 from etegrl.config import option, require
-from etegrl.options import EvalOptions, LoraOptions, RunOptions, StepOptions
+from etegrl.options import (TEACHER_EXCLUDE_HISTORY, EvalOptions, LoraOptions, RunOptions,
+                            StepOptions)
 
 
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
@@ -50,7 +51,7 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
     reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, teacher_logratio, future_hit) or path/to/file.py:function; weights in reward_weights.")
     teacher: Literal["none", "sasrec"] = option("none", "A scorer of every item for a history: sasrec = the prepare step's SASRec in data_dir (trained on training rows only). Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_logprob, and teacher_items their members.")
-    teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", "Whether the teacher may name an item of the user's own history: auto = as exclude_history (the evaluation's rule), always = never (its scores of history items are −inf), never = it may. always suits data where a few targets repeat a history item (so exclude_history stays off) but a sequential teacher still puts much of its mass on the history.")
+    teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", TEACHER_EXCLUDE_HISTORY)
     teacher_items: int = option(0, "Replace the last N members of every group by the teacher's best items the group lacks (history items excluded where teacher_exclude_history says so), so that rewards can pull the policy toward items outside its beam. Needs teacher.")
     future_items: int = option(0, "Give reward functions `future`: each prompt's next N training items after its target (the built-in future_hit reward credits them); 0 = off.")
     future_discount: float = option(0.5, "future_hit's credit for the j-th next item: future_discount ** j.")

@@ -145,7 +145,8 @@ class RLStage(Stage):
             kwargs["future_discount"] = self.cfg.future_discount
         if teacher_scores is not None:  # each member's rank in the teacher's list (None: no item)
             ranks = Teacher.ranks(teacher_scores).gather(1, items).reshape(-1).tolist()
-            usable = torch.isfinite(teacher_scores.gather(1, items)).reshape(-1).tolist()
+            picked = teacher_scores.gather(1, items).reshape(-1)
+            usable = torch.isfinite(picked).tolist()
             kwargs["teacher_rank"] = [r if ok else None for r, ok in zip(ranks, usable)]
             logp = torch.log_softmax(teacher_scores.float(), 1).gather(1, items).reshape(-1)
             kwargs["teacher_logprob"] = [float(v) if ok else None
@@ -173,6 +174,12 @@ class RLStage(Stage):
             logits = model.group_logits(tokens, mask, codes, encoded=encoded)
         return logits, codes.reshape(-1, codes.shape[-1])
 
+    @torch.no_grad()
+    def policy_logprobs(self, tokens, mask, codes, encoded, flat, allowed) -> torch.Tensor:
+        """Per-code log-probabilities of the group members under the current policy."""
+        logits, _ = self.logits_for(self.model, tokens, mask, codes, encoded)
+        return code_logprobs(logits, flat, allowed)
+
     def rollout(self, hist, targets, rows=None, graph: bool = True) -> Rollout:
         """Groups, rewards and advantages of these users, with the reference's (and, for
         ``num_iterations`` > 1, the old policy's) log-probabilities. The policy's encoder output
@@ -191,13 +198,11 @@ class RLStage(Stage):
         if cfg.logprob == "trie":
             allowed = torch.stack([self.table.allowed(flat[:, :t])
                                    for t in range(flat.shape[1])], 1)
-        # the log-probabilities of the policy that built the groups: the old policy of later
-        # iterations, and what reward functions with uses_policy_logprob read
+        # the log-probabilities of the policy that built the groups, for reward functions with
+        # uses_policy_logprob (and, below, as the old policy of later iterations)
         policy_logps = None
-        if self.needs_policy_logprob or cfg.num_iterations > 1:
-            with torch.no_grad():
-                policy_logits, _ = self.logits_for(self.model, tokens, mask, codes, shared)
-                policy_logps = code_logprobs(policy_logits, flat, allowed)
+        if self.needs_policy_logprob:
+            policy_logps = self.policy_logprobs(tokens, mask, codes, shared, flat, allowed)
         r, stats = self.group_rewards(hist, targets, items, codes, scores, rows, policy_logps)
         spread = nanstd(r, dim=1) > 1e-8  # groups with a signal (NaN: fewer than 2 members)
         stats["frac_reward_zero_std"] = 1.0 - spread.float().mean().item()
@@ -222,8 +227,9 @@ class RLStage(Stage):
             if self.ref is not None:
                 ref_logits, _ = self.logits_for(self.ref, tokens, mask, codes)
                 ref_logps = code_logprobs(ref_logits, flat, allowed)
-            if cfg.num_iterations > 1:
-                old_logps = policy_logps
+        if cfg.num_iterations > 1:  # of the kept groups only, unless the rewards had them
+            old_logps = policy_logps if policy_logps is not None else self.policy_logprobs(
+                tokens, mask, codes, shared, flat, allowed)
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
                        target_codes=self.table.codes[targets] if cfg.sft_weight else None,
                        target_scores=scores,
