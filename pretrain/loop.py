@@ -90,14 +90,19 @@ class PretrainStage(Stage):
         """k-means initialisation, then the RQ-VAE alone on the item embeddings (TIGER's stage 1;
         the official ETEGRec also starts from a pretrained tokenizer). Like the official code,
         the weights kept are those whose 3-code prefixes collide least (checked every
-        ``tokenizer_check_every`` epochs; ties go to the later check)."""
+        ``tokenizer_check_every`` epochs and after the last; ties go to the later check).
+        Only trained weights compete: k-means codebooks over the latents of the untrained,
+        random encoder often collide less than any trained check, but their decoder reconstructs
+        nothing, and the joint loop's first tokenizer epoch then moves the encoder so far that
+        most items fall onto a few codes."""
         cfg, items = self.cfg, self.semantic[1:]
         self.tokenizer.init_codebooks(items, seed=cfg.seed)
         if cfg.tokenizer_pretrain_epochs <= 0:
             return
         opt = torch.optim.AdamW(self.tokenizer.parameters(), lr=cfg.tokenizer_pretrain_lr)
         g = torch.Generator().manual_seed(cfg.seed)
-        best = (collided_items(self.tokenizer, items), -1, copy.deepcopy(self.tokenizer.state_dict()))
+        init_collided = collided_items(self.tokenizer, items)
+        best = None
         bar = tqdm(range(cfg.tokenizer_pretrain_epochs), desc="tokenizer pretraining",
                    disable=not cfg.progress, leave=False)
         for epoch in bar:
@@ -111,16 +116,18 @@ class PretrainStage(Stage):
             last = epoch == cfg.tokenizer_pretrain_epochs - 1
             if (epoch + 1) % cfg.tokenizer_check_every == 0 or last:
                 collided = collided_items(self.tokenizer, items)
-                if collided <= best[0]:
+                if best is None or collided <= best[0]:
                     best = (collided, epoch, copy.deepcopy(self.tokenizer.state_dict()))
                 self.write_log({"stage": "tokenizer_pretrain", "epoch": epoch,
                                 "recon": out["recon_loss"].item(),
                                 "quant": out["quant_loss"].item(), "collided_items": collided})
         self.tokenizer.load_state_dict(best[2])
-        self.tokenizer_pretrain_info = {"kept_epoch": best[1], "collided_items": best[0]}
+        self.tokenizer_pretrain_info = {"kept_epoch": best[1], "collided_items": best[0],
+                                        "init_collided_items": init_collided}
         self.log(f"tokenizer pretrained {cfg.tokenizer_pretrain_epochs} epochs: reconstruction "
                  f"{out['recon_loss'].item():.4f}, quantisation {out['quant_loss'].item():.4f}; "
-                 f"kept epoch {best[1]} with {best[0]} of {len(items)} items on a shared prefix")
+                 f"kept epoch {best[1]} with {best[0]} of {len(items)} items on a shared prefix "
+                 f"(k-means start: {init_collided})")
 
     def rebuild_codes(self) -> None:
         prefix, last_dist = self.tokenizer.encode_items(self.semantic[1:])
@@ -193,6 +200,11 @@ class PretrainStage(Stage):
                        self.batch_losses(hist, targets, kind, batch), opt, sched)
         if train_tok:
             self.rebuild_codes()
+            # a tokenizer epoch that scatters items onto a few codes shows here first
+            self.write_log({"epoch": epoch, "kind": "codes_rebuilt", "codes": self.code_stats})
+            self.log(f"epoch {epoch}: codes rebuilt, {self.code_stats['colliding_items']} items "
+                     f"on a shared prefix, codes used per level "
+                     f"{self.code_stats['usage_per_level']}")
         return kind
 
     def state_objects(self) -> dict:

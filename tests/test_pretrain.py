@@ -57,6 +57,32 @@ def test_alternation_freezes_the_right_half(tiny_data):
     stage.cleanup()
 
 
+def test_tokenizer_pretraining_never_keeps_the_untrained_start(tiny_data, monkeypatch):
+    """The k-means start over the random encoder's latents may collide least of all, but only
+    trained weights compete (ties to the later check); a code rebuild is logged with its stats."""
+    import pretrain.loop as loop
+
+    calls = []
+
+    def counted(tokenizer, items):  # the start collides least, every trained check alike
+        calls.append(1)
+        return 0 if len(calls) == 1 else 5
+
+    monkeypatch.setattr(loop, "collided_items", counted)
+    stage = PretrainStage(tiny_config(tiny_data, tokenizer_pretrain_epochs=4,
+                                      tokenizer_check_every=2), log=lambda *_: None)
+    stage.setup()
+    assert len(calls) == 3  # the start, then epochs 1 and 3
+    assert stage.tokenizer_pretrain_info == {"kept_epoch": 3, "collided_items": 5,
+                                             "init_collided_items": 0}
+    assert stage.run_epoch(2) == "tokenizer"
+    stage.cleanup()
+    records = [json.loads(line) for line in (stage.out / "log.jsonl").read_text().splitlines()]
+    rebuilt = [r for r in records if r.get("kind") == "codes_rebuilt"]
+    assert len(rebuilt) == 1 and rebuilt[0]["epoch"] == 2
+    assert rebuilt[0]["codes"] == stage.code_stats
+
+
 def test_tiger_mode_never_touches_the_tokenizer(tiny_data):
     stage = PretrainStage(tiny_config(tiny_data, mode="tiger", output_dir=str(tiny_data / "t")),
                           log=lambda *_: None)
