@@ -98,6 +98,10 @@ class Processes:
         """The concatenation of every process's ``items``."""
         return items if self.world == 1 else gather_object(items)
 
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``tensor`` over processes."""
+        return tensor if self.world == 1 else reduce(tensor.to(self.device), reduction="sum").cpu()
+
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
         """The main process's ``tensor`` on every process."""
         return tensor if self.world == 1 else broadcast(tensor.contiguous(), from_process=0)

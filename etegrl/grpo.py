@@ -34,6 +34,59 @@ def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1
     return torch.nan_to_num(advantages, nan=0.0), zero_std
 
 
+class ItemBaseline:
+    """A per-item control variate for group advantages (our addition; trl has no counterpart,
+    as its completions are never the same item for different prompts).
+
+    Beam groups of different users share items (the popular ones above all). Where a reward
+    ranks such an item above its group-mates for most users, its advantage is positive in most
+    groups and GRPO raises it for everyone — a global shift, learned before any user's own
+    preference. This keeps a running mean of the advantages each item received (all items
+    start at 0; after every optimiser step ``mean ← decay · mean + (1 − decay) · the step's
+    mean advantage of the item``, for the items the step's groups held) and subtracts it from
+    each member's advantage: what all groups say about an item alike stops moving the policy,
+    what a user's group says beyond that still does.
+
+    ``centre`` is called for each micro-batch of a step (all see the mean as it stood before
+    the step); ``update`` once per step, with ``all_sum`` adding the step's tensors over
+    processes, so that every process keeps the same means.
+    """
+
+    def __init__(self, n_items: int, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the item baseline's decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.mean = torch.zeros(n_items + 1)
+        self._sums = torch.zeros(n_items + 1)
+        self._counts = torch.zeros(n_items + 1)
+
+    def centre(self, advantages: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``advantages [U, G]`` of the members ``items [U, G]`` (0 = no member, left as it is)
+        → the advantages less their items' means; the raw advantages are kept for ``update``."""
+        real = items > 0
+        ids, raw = items[real].cpu(), advantages[real].detach().float().cpu()
+        self._sums.index_add_(0, ids, raw)
+        self._counts.index_add_(0, ids, torch.ones_like(raw))
+        base = self.mean.to(advantages.device)[items]
+        return torch.where(real, advantages - base, advantages)
+
+    def update(self, all_sum=lambda t: t) -> float:
+        """Fold the step's advantages into the means; → the mean |mean| of the items seen."""
+        sums, counts = all_sum(self._sums), all_sum(self._counts)
+        seen = counts > 0
+        self.mean[seen] = (self.decay * self.mean[seen]
+                           + (1.0 - self.decay) * sums[seen] / counts[seen])
+        self._sums.zero_()
+        self._counts.zero_()
+        return float(self.mean[seen].abs().mean()) if seen.any() else 0.0
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean.copy_(state["mean"])
+
+
 def code_logprobs(logits: torch.Tensor, codes: torch.Tensor, allowed: torch.Tensor | None = None):
     """Per-code log-probabilities ``[N, T]`` of ``codes`` under ``logits [N, T, C]``: a softmax
     over all codes, or, with ``allowed [N, T, C]``, renormalised over the trie's valid codes."""

@@ -57,6 +57,7 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     future_discount: float = option(0.5, "future_hit's credit for the j-th next item: future_discount ** j.")
     sft_weight: float = option(0.0, "Add this weight × the code cross-entropy of each prompt's true item (teacher-forced, the finetune loss) to the GRPO loss: a supervised anchor, so that a run can be compared with a continue-finetuning control of the same steps and the RL term's own effect read off; 0 = GRPO alone.")
     sft_teacher_weight: float = option(0.0, "With sft_weight and teacher=sasrec: the sft term's targets are (1 − w) · the true codes + w · the teacher's code distributions along them (the distillation loss of pretrain and finetune's teacher_weight, temperature 1), so that the anchor keeps what a distilled start learned from the teacher.")
+    item_baseline: float = option(0.0, "Decay d of a per-item baseline subtracted from the advantages (0 = off): each item's running mean advantage over the steps (updated after every step, mean ← d · mean + (1 − d) · the step's mean advantage of the item). Groups of different users share items; a reward that ranks such an item high in most groups otherwise moves the policy toward it for everyone (a global shift, e.g. toward popular items) rather than toward each user's own preferences.")
     dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: draw dynamic_sampling_draws times the step's prompts, build and score all their groups, and train on the first groups (as many as a step holds) whose rewards are not all equal; groups with no reward spread carry no signal.")
     dynamic_sampling_draws: int = option(4, "With dynamic_sampling: prompts drawn per group a step trains on (an epoch then takes fewer steps).")
     reward_timeout: float = option(0.0, "Seconds a reward function may take per call before the run stops with an error naming it (0 = no limit; Unix only).")
@@ -83,6 +84,8 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
         require(self, 0, "rows_per_user", "beta", "max_grad_norm", "weight_decay", "reward_timeout")
         require(self, 1, "gradient_accumulation_steps", "dynamic_sampling_draws")
         require(self, 0, "sft_weight")
+        if not 0.0 <= self.item_baseline < 1.0:
+            raise ValueError(f"key 'item_baseline' must be in [0, 1) (0 = off), got {self.item_baseline!r}")
         require(self, 0, "sft_teacher_weight", high=1)
         if self.sft_teacher_weight and (self.teacher == "none" or not self.sft_weight):
             raise ValueError("sft_teacher_weight needs teacher=sasrec and sft_weight > 0")

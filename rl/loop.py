@@ -23,7 +23,7 @@ from trl.trainer.utils import disable_dropout_in_model, nanstd
 import rewards
 from etegrl.data import DataError
 from etegrl.generation import beam_search, sample_items
-from etegrl.grpo import code_logprobs, exact_kl, group_advantages, grpo_loss
+from etegrl.grpo import ItemBaseline, code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
 from etegrl.model import history_tokens
 from etegrl.objective import CodeObjective
@@ -93,6 +93,8 @@ class RLStage(Stage):
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
                               recent=cfg.prompt_rows == "recent", with_rows=cfg.future_items > 0)
         self.future = future_items(self.data.splits, cfg.future_items) if cfg.future_items else None
+        self.item_baseline = (ItemBaseline(self.data.n_items, cfg.item_baseline)
+                              if cfg.item_baseline else None)
 
     def build_training(self) -> None:
         cfg = self.cfg
@@ -222,6 +224,8 @@ class RLStage(Stage):
             policy_logps, allowed = members(policy_logps), members(allowed)
             flat = codes.reshape(-1, codes.shape[-1])
         adv, _ = group_advantages(r, cfg.scale_rewards)
+        if self.item_baseline is not None:  # what all groups say about an item alike, removed
+            adv = self.item_baseline.centre(adv, items)
         ref_logits = ref_logps = old_logps = None
         with torch.no_grad():
             if self.ref is not None:
@@ -286,6 +290,9 @@ class RLStage(Stage):
         # reuses the encoder's graph only when there is one micro-batch (memory)
         rollouts = ([self.rollout(h, t, r, graph=len(parts) == 1) for h, t, r in parts]
                     if iterations else [])
+        baseline = None
+        if self.item_baseline is not None and rollouts:  # every process: the same means
+            baseline = self.item_baseline.update(self.procs.all_sum)
         # each micro-batch weighs by its completions: the step's loss is the mean over all
         members = sum(int(ro.valid.sum()) for ro in rollouts)
         sums: dict[str, float] = {}
@@ -304,6 +311,8 @@ class RLStage(Stage):
             grad_norm = self.optimizer_step(self.opt, self.sched)
         if grad_norm is not None and sums:
             sums["grad_norm"] = grad_norm
+        if baseline is not None and sums:
+            sums["item_baseline"] = baseline  # mean |running mean advantage| of the step's items
         return sums
 
     def steps_per_batch(self) -> int:
@@ -317,14 +326,19 @@ class RLStage(Stage):
             self.record(epoch, "grpo", values)
             bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
-                               "group_hit_rate"))
+                               "group_hit_rate", "item_baseline"))
         return "grpo"
 
     def extra_state(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        if self.item_baseline is not None:
+            state["item_baseline"] = self.item_baseline.state_dict()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if self.item_baseline is not None:
+            self.item_baseline.load_state_dict(state["item_baseline"])
 
     def export_model(self):
         return merged_copy(self.peft) if self.peft is not None else self.model
@@ -336,6 +350,7 @@ class RLStage(Stage):
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
                 "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
                 "teacher_exclude_history": self.teacher_exclude,
+                "item_baseline": cfg.item_baseline,
                 "codes": self.source_info.get("codes", {})}
 
 

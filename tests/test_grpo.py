@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from etegrl.grpo import LOSS_TYPES, code_logprobs, exact_kl, group_advantages, grpo_loss
+from etegrl.grpo import (LOSS_TYPES, ItemBaseline, code_logprobs, exact_kl, group_advantages,
+                         grpo_loss)
 
 
 def reference_loss(logps, old, adv, ref, beta, eps_lo, eps_hi, loss_type, max_len):
@@ -60,6 +61,31 @@ def test_group_advantages():
     assert adv_none[0].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
     with pytest.raises(ValueError, match="scale_rewards"):
         group_advantages(rewards, "median")
+
+
+def test_item_baseline_by_hand():
+    base = ItemBaseline(n_items=3, decay=0.5)
+    adv = torch.tensor([[1.0, -1.0], [0.5, -0.5]])
+    items = torch.tensor([[1, 2], [1, 3]])
+    assert torch.equal(base.centre(adv, items), adv)  # every item starts at 0
+    assert base.update() == pytest.approx((0.375 + 0.5 + 0.25) / 3)
+    # item 1: 0.5 · 0 + 0.5 · mean(1, 0.5); item 2: 0.5 · −1; item 3: 0.5 · −0.5
+    assert base.mean.tolist() == pytest.approx([0.0, 0.375, -0.5, -0.25])
+    # a missing member (item 0) keeps its advantage; items not in the step keep their means
+    out = base.centre(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 0]]))
+    assert out[0].tolist() == pytest.approx([0.625, 2.0])
+    base.update()
+    assert base.mean.tolist() == pytest.approx([0.0, 0.6875, -0.5, -0.25])
+    # processes: sums and counts are added over them before the means move
+    twin = ItemBaseline(n_items=3, decay=0.5)
+    twin.centre(adv, items)
+    twin.update(all_sum=lambda t: 2 * t)  # two processes with the same groups
+    assert twin.mean.tolist() == pytest.approx([0.0, 0.375, -0.5, -0.25])
+    restored = ItemBaseline(n_items=3, decay=0.5)
+    restored.load_state_dict(base.state_dict())
+    assert torch.equal(restored.mean, base.mean)
+    with pytest.raises(ValueError, match="decay"):
+        ItemBaseline(n_items=3, decay=1.0)
 
 
 def test_logprobs_and_exact_kl():

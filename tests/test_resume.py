@@ -83,7 +83,7 @@ def stage_args(stage: str, tiny_data: Path, out: Path, start: Path | None) -> li
     if stage == "rl_steps":  # trl's step options: validation, log windows and saves by steps
         rl = rl + ["eval_steps=3", "logging_steps=2", "save_steps=2", "save_state_every=0",
                    "gradient_accumulation_steps=2", "per_device_train_batch_size=8",
-                   "valid_users=20"]
+                   "valid_users=20", "item_baseline=0.5"]  # its running means resume too
     return rl
 
 
@@ -102,6 +102,10 @@ def test_killed_stage_resumes_to_the_same_result(stage, tiny_data, trained_run, 
     assert state is not None and state["step"] < per_epoch * 2  # it goes on from mid-run
     run(module, stage_args(stage, tiny_data, killed, start))
     check_same(whole, killed)
+    if stage == "rl_steps":  # the item baseline's running means went on from where they were
+        logged = [[json.loads(line).get("item_baseline") for line in
+                   (p / "log.jsonl").read_text().splitlines()] for p in (whole, killed)]
+        assert any(v is not None for v in logged[0]) and logged[0] == logged[1]
 
 
 def test_kill_between_renames_keeps_the_last_good_folder(tmp_path):

@@ -91,6 +91,32 @@ def test_bad_rl_config(tiny_data, finetuned, tmp_path, capsys):
     assert "reward_funcs: 'nope' is neither a built-in" in capsys.readouterr().err
 
 
+def test_item_baseline_in_the_stage(tiny_data, finetuned, tmp_path):
+    """item_baseline: the second rollout of the same groups loses each item's running mean."""
+    with pytest.raises(ValueError, match="key 'item_baseline' must be in"):
+        config(tiny_data, finetuned, tmp_path, item_baseline=1.0)
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "ib", item_baseline=0.5,
+                           inject_target=False), log=lambda *_: None)
+    stage.setup()
+    hist, targets = next(stage.rows.epoch())
+    items, _ = stage.make_groups(hist, targets)  # beam groups: the same in every rollout
+    raw = stage.rollout(hist, targets, graph=False).advantages
+    assert raw.abs().sum() > 0
+    stage.item_baseline.update()
+    flat = items.reshape(-1).tolist()
+    for item in set(flat) - {0}:  # 0.5 · the item's mean advantage over the groups
+        mine = [a for a, i in zip(raw.tolist(), flat) if i == item]
+        assert stage.item_baseline.mean[item].item() == pytest.approx(0.5 * sum(mine) / len(mine), abs=1e-6)
+    again = stage.rollout(hist, targets, graph=False).advantages
+    expect = torch.where(items.reshape(-1) > 0, raw - stage.item_baseline.mean[items.reshape(-1)], raw)
+    assert torch.allclose(again, expect, atol=1e-6)
+    stage.item_baseline.update()  # leave no pending sums: the epoch below starts clean
+    stage.run_epoch(0)
+    records = [json.loads(line) for line in (tmp_path / "ib" / "log.jsonl").read_text().splitlines()]
+    assert all(r["item_baseline"] > 0 for r in records if "reward" in r)
+    stage.cleanup()
+
+
 def test_first_step_kl_is_zero_and_ratio_is_one(tiny_data, finetuned, tmp_path):
     """Policy and reference start equal and dropout is off everywhere: the first step's KL
     must be exactly 0 (a nonzero value means some dropout, e.g. T5's attention dropout, is on)."""
