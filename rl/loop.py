@@ -25,11 +25,11 @@ from etegrl.data import DataError
 from etegrl.generation import beam_search, sample_items
 from etegrl.grpo import ItemBaseline, code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
-from etegrl.model import history_tokens
+from etegrl.model import history_tokens, training_outputs
 from etegrl.objective import CodeObjective
 from etegrl.stage import Stage
 from etegrl.teacher import Teacher, add_teacher_items
-from etegrl.training import RowEpochs
+from etegrl.training import RowEpochs, SequenceEpochs
 
 from .config import RLConfig
 
@@ -95,6 +95,18 @@ class RLStage(Stage):
         self.future = future_items(self.data.splits, cfg.future_items) if cfg.future_items else None
         self.item_baseline = (ItemBaseline(self.data.n_items, cfg.item_baseline)
                               if cfg.item_baseline else None)
+        # sft_rows=sequences: the sft term on the windows a finetune control would train on,
+        # one batch per optimiser step, passes chained across the rl epochs
+        self.sft_windows, self.sft_pass, self.sft_done = None, None, 0
+        if cfg.sft_rows == "sequences":
+            if not self.model.config.causal_encoder:
+                raise ValueError("sft_rows=sequences needs a recommender with "
+                                 "causal_encoder=true (set it in pretraining)")
+            self.sft_windows = SequenceEpochs(
+                self.data.splits["train_seq"], window=cfg.max_len, seed=cfg.seed,
+                batch_size=cfg.sft_batch_size or (cfg.users_per_step * self.procs.world
+                                                  * cfg.gradient_accumulation_steps),
+                rows_per_user=cfg.rows_per_user)
 
     def build_training(self) -> None:
         cfg = self.cfg
@@ -235,7 +247,8 @@ class RLStage(Stage):
             old_logps = policy_logps if policy_logps is not None else self.policy_logprobs(
                 tokens, mask, codes, shared, flat, allowed)
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
-                       target_codes=self.table.codes[targets] if cfg.sft_weight else None,
+                       target_codes=(self.table.codes[targets]
+                                     if cfg.sft_weight and self.sft_windows is None else None),
                        target_scores=scores,
                        valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
                        allowed=allowed, encoded=encoded if graph else None,
@@ -268,6 +281,35 @@ class RLStage(Stage):
             metrics["sft"] = sft.item()
             loss = loss + cfg.sft_weight * sft
         return loss, metrics
+
+    def next_windows(self):
+        """The next global batch of sequence windows (sft_rows=sequences); a new pass of them
+        begins where the last ended."""
+        for _ in range(2):
+            if self.sft_pass is None:
+                self.sft_pass = self.sft_windows.epoch(self.device, skip=self.sft_done)
+            batch = next(self.sft_pass, None)
+            if batch is not None:
+                self.sft_done += 1
+                return batch
+            self.sft_pass, self.sft_done = None, 0
+        raise DataError("sft_rows=sequences: no training sequence has two items to train on")
+
+    def window_sft(self) -> float:
+        """Backward of ``sft_weight`` × the finetune loss (``training_outputs`` and the same
+        objective, the teacher's targets with sft_teacher_weight) of this process's part of the
+        next window batch, weighted by that part as a finetune step weighs it; → the loss."""
+        items, targets = self.next_windows()
+        n = len(items)
+        part = self.procs.share(n)
+        items, targets = items[part], targets[part]
+        if not len(items):  # a tiny last batch can leave a process nothing
+            return 0.0
+        with self.autocast():
+            out, _, target_codes = training_outputs(self.model, self.table.codes, items, targets)
+        loss = self.sft_objective(self.table, out["logits"], target_codes, items, windows=targets)
+        (loss * self.cfg.sft_weight * len(items) / n).backward()
+        return loss.item()
 
     def step_on(self, hist, targets, rows=None, share: float = 1.0) -> dict:
         """GRPO on this process's users of the global batch (whole groups): rollouts of
@@ -308,6 +350,8 @@ class RLStage(Stage):
                 (loss * weight * share).backward()  # the global batch's mean
                 for key, v in {"total": loss.item(), **m, **ro.stats}.items():
                     sums[key] = sums.get(key, 0.0) + weight * v
+            if self.sft_windows is not None:  # one window batch per optimiser step
+                sums["sft"] = self.window_sft()
             grad_norm = self.optimizer_step(self.opt, self.sched)
         if grad_norm is not None and sums:
             sums["grad_norm"] = grad_norm
@@ -326,19 +370,26 @@ class RLStage(Stage):
             self.record(epoch, "grpo", values)
             bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
-                               "group_hit_rate", "item_baseline"))
+                               "group_hit_rate", "item_baseline", "sft"))
         return "grpo"
 
     def extra_state(self) -> dict:
         state = {"generator": self.generator.get_state()}
         if self.item_baseline is not None:
             state["item_baseline"] = self.item_baseline.state_dict()
+        if self.sft_windows is not None:  # the window pass under way: its start and progress
+            w = self.sft_windows
+            start = w.epoch_start_state if self.sft_pass is not None else w.rng.bit_generator.state
+            state["sft_windows"] = {"rng": copy.deepcopy(start), "done": self.sft_done}
         return state
 
     def load_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         if self.item_baseline is not None:
             self.item_baseline.load_state_dict(state["item_baseline"])
+        if self.sft_windows is not None:
+            self.sft_windows.rng.bit_generator.state = state["sft_windows"]["rng"]
+            self.sft_pass, self.sft_done = None, state["sft_windows"]["done"]
 
     def export_model(self):
         return merged_copy(self.peft) if self.peft is not None else self.model
@@ -350,7 +401,7 @@ class RLStage(Stage):
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
                 "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
                 "teacher_exclude_history": self.teacher_exclude,
-                "item_baseline": cfg.item_baseline,
+                "item_baseline": cfg.item_baseline, "sft_rows": cfg.sft_rows if cfg.sft_weight else None,
                 "codes": self.source_info.get("codes", {})}
 
 

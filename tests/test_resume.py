@@ -84,12 +84,26 @@ def stage_args(stage: str, tiny_data: Path, out: Path, start: Path | None) -> li
         rl = rl + ["eval_steps=3", "logging_steps=2", "save_steps=2", "save_state_every=0",
                    "gradient_accumulation_steps=2", "per_device_train_batch_size=8",
                    "valid_users=20", "item_baseline=0.5"]  # its running means resume too
+    if stage == "rl_windows":  # the sft term's window passes (8 batches) run across epochs
+        rl = rl + ["sft_weight=1.0", "sft_rows=sequences", "sft_batch_size=5"]
     return rl
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune", "rl", "rl_steps"])
-def test_killed_stage_resumes_to_the_same_result(stage, tiny_data, trained_run, tmp_path):
+@pytest.fixture(scope="module")
+def causal_run(tiny_data, tmp_path_factory):
+    """A recommender with a causal encoder, which sft_rows=sequences needs."""
+    out = tmp_path_factory.mktemp("causal")
+    run("pretrain", [f"data_dir={tiny_data / 'data'}", f"output_dir={out}", "max_len=8",
+                     *TINY_MODEL, "epochs=2", "warmup_epochs=1", "batch_size=16",
+                     "tokenizer_pretrain_epochs=2", "train_on=sequences", "causal_encoder=true"])
+    return out
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "rl", "rl_steps", "rl_windows"])
+def test_killed_stage_resumes_to_the_same_result(stage, tiny_data, trained_run, tmp_path, request):
     start = None if stage == "pretrain" else trained_run / "best"
+    if stage == "rl_windows":
+        start = request.getfixturevalue("causal_run") / "best"
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     module = stage.split("_")[0]
     run(module, stage_args(stage, tiny_data, whole, start))
@@ -104,6 +118,10 @@ def test_killed_stage_resumes_to_the_same_result(stage, tiny_data, trained_run, 
     check_same(whole, killed)
     if stage == "rl_steps":  # the item baseline's running means went on from where they were
         logged = [[json.loads(line).get("item_baseline") for line in
+                   (p / "log.jsonl").read_text().splitlines()] for p in (whole, killed)]
+        assert any(v is not None for v in logged[0]) and logged[0] == logged[1]
+    if stage == "rl_windows":  # the window losses too: the resumed pass went on where it was
+        logged = [[json.loads(line).get("sft") for line in
                    (p / "log.jsonl").read_text().splitlines()] for p in (whole, killed)]
         assert any(v is not None for v in logged[0]) and logged[0] == logged[1]
 

@@ -292,3 +292,13 @@ def test_sft_weight_adds_the_finetune_loss(tiny_data, finetuned, tmp_path, logpr
     assert "sft" not in plain_metrics
     assert loss.item() == pytest.approx(plain.item() + 0.5 * metrics["sft"], rel=1e-4, abs=1e-6)
     stage.cleanup()
+
+
+def test_sft_on_windows_needs_its_pieces(tiny_data, finetuned, tmp_path):
+    with pytest.raises(ValueError, match="sft_rows=sequences needs sft_weight"):
+        config(tiny_data, finetuned, tmp_path, sft_rows="sequences")
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "w", sft_weight=1.0,
+                           sft_rows="sequences"), log=lambda *_: None)
+    with pytest.raises(ValueError, match="causal_encoder=true"):  # this start is bidirectional
+        stage.setup()
+    stage.cleanup()

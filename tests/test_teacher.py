@@ -318,3 +318,45 @@ def test_pretrain_on_sequences_with_a_teacher(tiny_data, tmp_path, capsys):
     # windows longer than the teacher reads: one error naming the key
     assert pretrain_main(common + ["max_len=10", f"output_dir={tmp_path / 'long'}"]) == 2
     assert "max_len=10: sequence windows with a teacher" in capsys.readouterr().err
+
+
+def test_rl_sft_on_windows_is_the_finetune_control_plus_the_rl_term(tiny_data, tmp_path):
+    """sft_rows=sequences: with the RL term zero (a constant reward leaves every advantage 0,
+    beta 0) a GRPO run trains exactly as a finetune of the same steps on the same windows, with
+    the teacher's targets; with a real reward it does not."""
+    from finetune.__main__ import main as finetune_main
+    from pretrain.__main__ import main as pretrain_main
+    from etegrl.checkpoint import load_checkpoint
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    start = tmp_path / "pre"
+    assert pretrain_main([f"data_dir={data}", f"output_dir={start}", "d_model=32", "d_ff=64",
+                          "num_layers=1", "num_decoder_layers=1", "num_heads=2", "d_kv=16",
+                          "code_num=8", "e_dim=8", "tok_hidden=[32]", "max_len=8",
+                          "tokenizer_pretrain_epochs=2", "epochs=2", "warmup_epochs=1",
+                          "batch_size=16", "train_on=sequences", "causal_encoder=true",
+                          "progress=false"]) == 0
+    common = [f"data_dir={data}", f"checkpoint={start / 'best'}", "max_len=8", "epochs=2",
+              "rows_per_user=1", "weight_decay=0.01", "teacher=sasrec", "select=last",
+              "progress=false", "seed=3"]
+    assert finetune_main(common + [f"output_dir={tmp_path / 'control'}", "batch_size=8",
+                                   "train_on=sequences", "lr=0.001", "warmup_ratio=0.0",
+                                   "teacher_weight=0.5", "dropout_rate=0.0", "patience=0"]) == 0
+    (tmp_path / "const.py").write_text(
+        "def same(prompts, completions, *args, **kwargs):\n    return [1.0] * len(completions)\n")
+    rl = common + ["num_generations=4", "per_device_train_batch_size=32",
+                   "learning_rate=0.001", "lr_scheduler_type=cosine", "beta=0.0",
+                   "inject_target=false", "sft_weight=1.0", "sft_teacher_weight=0.5",
+                   "sft_rows=sequences"]
+    assert rl_main(rl + [f"output_dir={tmp_path / 'rl'}",
+                         f"reward_funcs=[{tmp_path / 'const.py'}:same]"]) == 0
+    assert rl_main(rl + [f"output_dir={tmp_path / 'hit'}", "reward_funcs=[hit]"]) == 0
+    control, rl_zero, rl_hit = (load_checkpoint(tmp_path / d / "best")["model"].state_dict()
+                                for d in ("control", "rl", "hit"))
+    start_weights = load_checkpoint(start / "best")["model"].state_dict()
+    assert any(not torch.equal(start_weights[k], v) for k, v in control.items())
+    for k, v in control.items():
+        torch.testing.assert_close(rl_zero[k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert any((rl_hit[k] - v).abs().max() > 1e-4 for k, v in control.items())
+    logged = [json.loads(line) for line in (tmp_path / "rl" / "log.jsonl").read_text().splitlines()]
+    assert sum("sft" in r for r in logged) >= 1
