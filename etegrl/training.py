@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from .data import capped_row_indices, length_bucketed_batches, pad_histories
+from .data import DataError, capped_row_indices, length_bucketed_batches, pad_histories
 
 
 class RowEpochs:
@@ -122,6 +122,35 @@ class SequenceEpochs:
 
     state_dict = RowEpochs.state_dict
     load_state_dict = RowEpochs.load_state_dict
+
+
+class EndlessBatches:
+    """The batches of a ``RowEpochs`` or ``SequenceEpochs`` one at a time, without end: a new
+    pass begins where the last ended. Its position (the pass's generator state and the batches
+    done in it) is resumable, so a stream that runs beside a stage's own epochs (the rl stage's
+    sft windows) goes on after a kill as if never interrupted."""
+
+    def __init__(self, epochs, device="cpu"):
+        self.epochs, self.device = epochs, device
+        self.current, self.done = None, 0
+
+    def __next__(self):
+        for _ in range(2):
+            if self.current is None:
+                self.current = self.epochs.epoch(self.device, skip=self.done)
+            batch = next(self.current, None)
+            if batch is not None:
+                self.done += 1
+                return batch
+            self.current, self.done = None, 0
+        raise DataError("no training batch to draw: no sequence or row to train on")
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs.state_dict(), "done": self.done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs.load_state_dict(state["epochs"], mid_epoch=state["done"] > 0)
+        self.current, self.done = None, state["done"]
 
 
 def training_epochs(cfg, splits, *, causal: bool):

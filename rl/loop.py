@@ -29,7 +29,7 @@ from etegrl.model import history_tokens, training_outputs
 from etegrl.objective import CodeObjective
 from etegrl.stage import Stage
 from etegrl.teacher import Teacher, add_teacher_items
-from etegrl.training import RowEpochs, SequenceEpochs
+from etegrl.training import EndlessBatches, RowEpochs, SequenceEpochs
 
 from .config import RLConfig
 
@@ -97,16 +97,16 @@ class RLStage(Stage):
                               if cfg.item_baseline else None)
         # sft_rows=sequences: the sft term on the windows a finetune control would train on,
         # one batch per optimiser step, passes chained across the rl epochs
-        self.sft_windows, self.sft_pass, self.sft_done = None, None, 0
+        self.sft_windows = None
         if cfg.sft_rows == "sequences":
             if not self.model.config.causal_encoder:
                 raise ValueError("sft_rows=sequences needs a recommender with "
                                  "causal_encoder=true (set it in pretraining)")
-            self.sft_windows = SequenceEpochs(
+            self.sft_windows = EndlessBatches(SequenceEpochs(
                 self.data.splits["train_seq"], window=cfg.max_len, seed=cfg.seed,
                 batch_size=cfg.sft_batch_size or (cfg.users_per_step * self.procs.world
                                                   * cfg.gradient_accumulation_steps),
-                rows_per_user=cfg.rows_per_user)
+                rows_per_user=cfg.rows_per_user), self.device)
 
     def build_training(self) -> None:
         cfg = self.cfg
@@ -282,24 +282,11 @@ class RLStage(Stage):
             loss = loss + cfg.sft_weight * sft
         return loss, metrics
 
-    def next_windows(self):
-        """The next global batch of sequence windows (sft_rows=sequences); a new pass of them
-        begins where the last ended."""
-        for _ in range(2):
-            if self.sft_pass is None:
-                self.sft_pass = self.sft_windows.epoch(self.device, skip=self.sft_done)
-            batch = next(self.sft_pass, None)
-            if batch is not None:
-                self.sft_done += 1
-                return batch
-            self.sft_pass, self.sft_done = None, 0
-        raise DataError("sft_rows=sequences: no training sequence has two items to train on")
-
     def window_sft(self) -> float:
         """Backward of ``sft_weight`` × the finetune loss (``training_outputs`` and the same
         objective, the teacher's targets with sft_teacher_weight) of this process's part of the
         next window batch, weighted by that part as a finetune step weighs it; → the loss."""
-        items, targets = self.next_windows()
+        items, targets = next(self.sft_windows)
         n = len(items)
         part = self.procs.share(n)
         items, targets = items[part], targets[part]
@@ -377,10 +364,8 @@ class RLStage(Stage):
         state = {"generator": self.generator.get_state()}
         if self.item_baseline is not None:
             state["item_baseline"] = self.item_baseline.state_dict()
-        if self.sft_windows is not None:  # the window pass under way: its start and progress
-            w = self.sft_windows
-            start = w.epoch_start_state if self.sft_pass is not None else w.rng.bit_generator.state
-            state["sft_windows"] = {"rng": copy.deepcopy(start), "done": self.sft_done}
+        if self.sft_windows is not None:  # the window pass under way
+            state["sft_windows"] = self.sft_windows.state_dict()
         return state
 
     def load_extra_state(self, state: dict) -> None:
@@ -388,8 +373,7 @@ class RLStage(Stage):
         if self.item_baseline is not None:
             self.item_baseline.load_state_dict(state["item_baseline"])
         if self.sft_windows is not None:
-            self.sft_windows.rng.bit_generator.state = state["sft_windows"]["rng"]
-            self.sft_pass, self.sft_done = None, state["sft_windows"]["done"]
+            self.sft_windows.load_state_dict(state["sft_windows"])
 
     def export_model(self):
         return merged_copy(self.peft) if self.peft is not None else self.model
