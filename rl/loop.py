@@ -21,7 +21,7 @@ from transformers import get_scheduler
 from trl.trainer.utils import disable_dropout_in_model, nanstd
 
 import rewards
-from etegrl.data import DataError
+from etegrl.data import future_items
 from etegrl.generation import beam_search, sample_items
 from etegrl.grpo import ItemBaseline, code_logprobs, exact_kl, group_advantages, grpo_loss
 from etegrl.lora import apply_lora, merged_copy
@@ -388,20 +388,3 @@ class RLStage(Stage):
                 "item_baseline": cfg.item_baseline, "sft_rows": cfg.sft_rows if cfg.sft_weight else None,
                 "codes": self.source_info.get("codes", {})}
 
-
-def future_items(splits, n: int) -> list[list[int]]:
-    """For every training row, the user's next ``n`` training items after its target (nearest
-    first; the validation and test items are never among them). Training rows run, per user,
-    through the prefixes of the user's training sequence in order (``etegrl.data.split``)."""
-    seqs = dict(zip(splits["train_seq"]["user"], splits["train_seq"]["items"]))
-    train = splits["train"]
-    out, position, last_user = [], 0, None
-    for user, target in zip(train["user"], train["target"]):
-        position = position + 1 if user == last_user else 1
-        last_user = user
-        seq = seqs[user]
-        if position >= len(seq) or seq[position] != target:
-            raise DataError(f"training rows of user {user} are not the prefixes of its training "
-                            f"sequence in order (a dataset written by another version?)")
-        out.append(list(seq[position + 1:position + 1 + n]))
-    return out

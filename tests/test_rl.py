@@ -205,7 +205,7 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_data, finetuned, tmp_
 
 def test_future_items_are_the_next_training_items(tiny_data):
     from etegrl.data import load_processed
-    from rl.loop import future_items
+    from etegrl.data import future_items
 
     splits = load_processed(tiny_data / "data").splits
     future = future_items(splits, 2)

@@ -208,3 +208,21 @@ def load_processed(data_dir: str | Path) -> Processed:
         users = fh.read().split("\n")[:-1]
     stats = json.loads((d / "stats.json").read_text())
     return Processed(splits, tokens, text, tags, users, stats)
+
+
+def future_items(splits, n: int) -> list[list[int]]:
+    """For every training row, the user's next ``n`` training items after its target (nearest
+    first; the validation and test items are never among them). Training rows run, per user,
+    through the prefixes of the user's training sequence in order (``etegrl.data.split``)."""
+    seqs = dict(zip(splits["train_seq"]["user"], splits["train_seq"]["items"]))
+    train = splits["train"]
+    out, position, last_user = [], 0, None
+    for user, target in zip(train["user"], train["target"]):
+        position = position + 1 if user == last_user else 1
+        last_user = user
+        seq = seqs[user]
+        if position >= len(seq) or seq[position] != target:
+            raise DataError(f"training rows of user {user} are not the prefixes of its training "
+                            f"sequence in order (a dataset written by another version?)")
+        out.append(list(seq[position + 1:position + 1 + n]))
+    return out
