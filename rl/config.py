@@ -59,6 +59,7 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     sft_teacher_weight: float = option(0.0, "With sft_weight and teacher=sasrec: the sft term's targets are (1 − w) · the true codes + w · the teacher's code distributions along them (the distillation loss of pretrain and finetune's teacher_weight, temperature 1), so that the anchor keeps what a distilled start learned from the teacher.")
     sft_rows: Literal["prompts", "sequences"] = option("prompts", "What the sft term trains on: each prompt's true item (prompts), or, as finetune's train_on=sequences does, the next batch of windows of the users' training sequences at every optimiser step (sequences: needs a recommender with causal_encoder=true; windows of max_len items, rows_per_user of them per user per pass, sft_batch_size per step). With sequences, a run at learning_rate with the same schedule is a finetune control of the same steps (batch_size = sft_batch_size, the same rows_per_user and seed, the same windows) plus the RL term.")
     sft_batch_size: int = option(0, "With sft_rows=sequences: windows per optimiser step (0 = the users of a step: per_device_train_batch_size / num_generations × processes × gradient_accumulation_steps).")
+    control: bool = option(False, "Train this run's continue-finetuning control instead: the same prompts, optimiser steps, schedule, sft anchor (sft_weight, sft_teacher_weight, sft_rows) and validations, without groups, rewards, KL or the RL term (needs sft_weight > 0). GRPO's own effect is then its paired difference from this run (python -m etegrl.compare CONTROL_DIR RL_DIR).")
     item_baseline: float = option(0.0, "Decay d of a per-item baseline subtracted from the advantages (0 = off): each item's running mean advantage over the steps (updated after every step, mean ← d · mean + (1 − d) · the step's mean advantage of the item). Groups of different users share items; a reward that ranks such an item high in most groups otherwise moves the policy toward it for everyone (a global shift, e.g. toward popular items) rather than toward each user's own preferences.")
     dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: draw dynamic_sampling_draws times the step's prompts, build and score all their groups, and train on the first groups (as many as a step holds) whose rewards are not all equal; groups with no reward spread carry no signal.")
     dynamic_sampling_draws: int = option(4, "With dynamic_sampling: prompts drawn per group a step trains on (an epoch then takes fewer steps).")
@@ -92,6 +93,11 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
         require(self, 0, "sft_batch_size")
         if self.sft_rows == "sequences" and not self.sft_weight:
             raise ValueError("sft_rows=sequences needs sft_weight > 0")
+        if self.control and not self.sft_weight:
+            raise ValueError("control=true trains the sft anchor alone: it needs sft_weight > 0")
+        if self.control and self.dynamic_sampling:
+            raise ValueError("control=true cannot be combined with dynamic_sampling (its steps "
+                             "depend on the rewards the control does not compute)")
         if self.sft_teacher_weight and (self.teacher == "none" or not self.sft_weight):
             raise ValueError("sft_teacher_weight needs teacher=sasrec and sft_weight > 0")
         self.check_steps()

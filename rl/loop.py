@@ -64,7 +64,7 @@ class RLStage(Stage):
         self.load_start(cfg.checkpoint)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.ref = None
-        if cfg.beta != 0.0:
+        if cfg.beta != 0.0 and not cfg.control:
             self.ref = copy.deepcopy(self.model).requires_grad_(False).eval()
             disable_dropout_in_model(self.ref)
         disable_dropout_in_model(self.model)
@@ -255,9 +255,9 @@ class RLStage(Stage):
                        ref_logits=ref_logits if cfg.kl_estimator == "exact" else None,
                        ref_logps=ref_logps, old_logps=old_logps, stats=stats)
 
-    def rollout_loss(self, ro: Rollout) -> tuple[torch.Tensor, dict]:
+    def rollout_loss(self, ro: Rollout, sft_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
         """trl's clipped surrogate (+ β·KL) of a rollout under the current policy, plus
-        ``sft_weight`` × the code cross-entropy of each user's true item."""
+        ``sft_scale`` × ``sft_weight`` × the code cross-entropy of each user's true item."""
         cfg, valid = self.cfg, ro.valid
         logits, _ = self.logits_for(self.model, ro.tokens, ro.mask, ro.codes, ro.encoded)
         sft = None
@@ -279,7 +279,7 @@ class RLStage(Stage):
             loss_type=cfg.loss_type, max_completion_length=self.table.code_len)
         if sft is not None:
             metrics["sft"] = sft.item()
-            loss = loss + cfg.sft_weight * sft
+            loss = loss + sft_scale * cfg.sft_weight * sft
         return loss, metrics
 
     def window_sft(self) -> float:
@@ -312,6 +312,9 @@ class RLStage(Stage):
         if self.max_steps:  # max_steps counts optimiser steps exactly
             iterations = min(iterations, self.max_steps - self.step)
         n = cfg.gradient_accumulation_steps
+        if cfg.control:
+            return self.control_step(torch.tensor_split(hist, n), torch.tensor_split(targets, n),
+                                     share, iterations)
         parts = [p for p in zip(torch.tensor_split(hist, n), torch.tensor_split(targets, n),
                                 [None] * n if rows is None else torch.tensor_split(rows, n))
                  if len(p[1])]
@@ -324,6 +327,7 @@ class RLStage(Stage):
             baseline = self.item_baseline.update(self.procs.all_sum)
         # each micro-batch weighs by its completions: the step's loss is the mean over all
         members = sum(int(ro.valid.sum()) for ro in rollouts)
+        users = sum(len(ro.tokens) for ro in rollouts)  # the sft term: a mean over users
         sums: dict[str, float] = {}
         grad_norm = None
         for iteration in range(iterations):  # later iterations see updated weights
@@ -332,8 +336,9 @@ class RLStage(Stage):
             for ro in rollouts:
                 if not ro.valid.any():  # dynamic sampling kept no group of this micro-batch
                     continue
-                loss, m = self.rollout_loss(ro)
                 weight = int(ro.valid.sum()) / max(1, members)
+                # groups may be short: the sft term weighs each micro-batch by its users
+                loss, m = self.rollout_loss(ro, sft_scale=len(ro.tokens) / users / weight)
                 (loss * weight * share).backward()  # the global batch's mean
                 for key, v in {"total": loss.item(), **m, **ro.stats}.items():
                     sums[key] = sums.get(key, 0.0) + weight * v
@@ -346,6 +351,33 @@ class RLStage(Stage):
             sums["item_baseline"] = baseline  # mean |running mean advantage| of the step's items
         return sums
 
+    def control_step(self, hists, targets, share: float, iterations: int) -> dict:
+        """control=true: the optimiser steps of a GRPO step with the RL term left out — the sft
+        anchor alone, on the next window batch (sft_rows=sequences) or on the step's prompts'
+        true items, weighted as the GRPO step weighs it (each micro-batch by its users)."""
+        cfg, users = self.cfg, sum(len(t) for t in targets)
+        values: dict[str, float] = {}
+        for _ in range(iterations):
+            self.opt.zero_grad(set_to_none=True)
+            if self.sft_windows is not None:
+                values["sft"] = self.window_sft()
+            else:
+                values["sft"] = 0.0
+                for hist, target in zip(hists, targets):
+                    if not len(target):
+                        continue
+                    tokens, mask = history_tokens(hist, self.table.codes)
+                    scores = (None if self.teacher is None
+                              else self.teacher.scores(hist, self.teacher_exclude))
+                    codes = self.table.codes[target]
+                    logits, _ = self.logits_for(self.model, tokens, mask, codes[:, None])
+                    loss = self.sft_objective(self.table, logits, codes, scores=scores)
+                    weight = len(target) / max(1, users)
+                    (loss * cfg.sft_weight * weight * share).backward()
+                    values["sft"] += weight * loss.item()
+            values["grad_norm"] = self.optimizer_step(self.opt, self.sched)
+        return values
+
     def steps_per_batch(self) -> int:
         return self.cfg.num_iterations
 
@@ -355,7 +387,8 @@ class RLStage(Stage):
             values = self.procs.weighted_sum(batch.share,
                                              self.step_on(*batch.tensors, share=batch.share))
             self.record(epoch, "grpo", values)
-            bar.set_postfix(reward=f"{values['reward']:.3f}")
+            if "reward" in values:
+                bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
                                "group_hit_rate", "item_baseline", "sft"))
         return "grpo"
@@ -386,5 +419,6 @@ class RLStage(Stage):
                 "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
                 "teacher_exclude_history": self.teacher_exclude,
                 "item_baseline": cfg.item_baseline, "sft_rows": cfg.sft_rows if cfg.sft_weight else None,
+                "control": cfg.control,
                 "codes": self.source_info.get("codes", {})}
 

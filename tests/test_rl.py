@@ -68,7 +68,7 @@ def test_groups_are_distinct_valid_items(tiny_data, finetuned, tmp_path):
 def test_rl_end_to_end(tiny_data, finetuned, tmp_path, lora):
     out = tmp_path / "rl"
     args = [f"data_dir={tiny_data / 'data'}", f"checkpoint={finetuned}", f"output_dir={out}",
-            "max_len=8", "num_generations=8", "per_device_train_batch_size=80", "epochs=2",
+            "max_len=8", "num_generations=8", "per_device_train_batch_size=40", "gradient_accumulation_steps=2", "epochs=2",
             "learning_rate=1e-3", "progress=false", f"use_lora={str(lora).lower()}"]
     assert rl_main(args) == 0
     results = json.loads((out / "results.json").read_text())
@@ -302,3 +302,36 @@ def test_sft_on_windows_needs_its_pieces(tiny_data, finetuned, tmp_path):
     with pytest.raises(ValueError, match="causal_encoder=true"):  # this start is bidirectional
         stage.setup()
     stage.cleanup()
+
+
+def test_control_is_the_run_without_its_rl_term(tiny_data, finetuned, tmp_path):
+    """control=true trains what a GRPO run with the same config trains when its RL term is zero
+    (a constant reward: every advantage 0; beta 0): the sft anchor on the same prompts and
+    steps; with the hit reward the GRPO run differs from it. It needs the anchor."""
+    (tmp_path / "const.py").write_text(
+        "def same(prompts, completions, *args, **kwargs):\n    return [1.0] * len(completions)\n")
+    common = [f"data_dir={tiny_data / 'data'}", f"checkpoint={finetuned}", "max_len=8",
+              "num_generations=8", "per_device_train_batch_size=40", "gradient_accumulation_steps=2",
+              "epochs=2", "rows_per_user=2", "learning_rate=1e-3", "lr_scheduler_type=cosine",
+              "sft_weight=0.5", "select=last", "progress=false", "inject_target=true"]
+    runs = {"zero": ["beta=0.0", f"reward_funcs=[{tmp_path / 'const.py'}:same]"],
+            "control": ["control=true", "beta=0.04"],
+            "hit": ["beta=0.0", "reward_funcs=[hit]"]}
+    weights = {}
+    for name, extra in runs.items():
+        assert rl_main(common + extra + [f"output_dir={tmp_path / name}"]) == 0
+        weights[name] = load_checkpoint(tmp_path / name / "best")["model"].state_dict()
+    start = load_checkpoint(finetuned)["model"].state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in weights["control"].items())
+    for k, v in weights["zero"].items():
+        torch.testing.assert_close(weights["control"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert any((weights["hit"][k] - v).abs().max() > 1e-4 for k, v in weights["zero"].items())
+    logged = [json.loads(line) for line in
+              (tmp_path / "control" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if r.get("kind") == "grpo" and "step" in r]
+    assert steps and all("sft" in r and "reward" not in r for r in steps)
+    with pytest.raises(ValueError, match="control=true .* needs sft_weight"):
+        config(tiny_data, finetuned, tmp_path / "bad", control=True)
+    with pytest.raises(ValueError, match="dynamic_sampling"):
+        config(tiny_data, finetuned, tmp_path / "bad", control=True, sft_weight=1.0,
+               dynamic_sampling=True)

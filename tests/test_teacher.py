@@ -323,7 +323,8 @@ def test_pretrain_on_sequences_with_a_teacher(tiny_data, tmp_path, capsys):
 def test_rl_sft_on_windows_is_the_finetune_control_plus_the_rl_term(tiny_data, tmp_path):
     """sft_rows=sequences: with the RL term zero (a constant reward leaves every advantage 0,
     beta 0) a GRPO run trains exactly as a finetune of the same steps on the same windows, with
-    the teacher's targets; with a real reward it does not."""
+    the teacher's targets, and so does the rl stage's own control (control=true) of a run with a
+    real reward; the run with that reward does not."""
     from finetune.__main__ import main as finetune_main
     from pretrain.__main__ import main as pretrain_main
     from etegrl.checkpoint import load_checkpoint
@@ -351,12 +352,16 @@ def test_rl_sft_on_windows_is_the_finetune_control_plus_the_rl_term(tiny_data, t
     assert rl_main(rl + [f"output_dir={tmp_path / 'rl'}",
                          f"reward_funcs=[{tmp_path / 'const.py'}:same]"]) == 0
     assert rl_main(rl + [f"output_dir={tmp_path / 'hit'}", "reward_funcs=[hit]"]) == 0
-    control, rl_zero, rl_hit = (load_checkpoint(tmp_path / d / "best")["model"].state_dict()
-                                for d in ("control", "rl", "hit"))
+    # the rl stage's own control: the hit run without its RL term
+    assert rl_main(rl + [f"output_dir={tmp_path / 'own'}", "reward_funcs=[hit]",
+                         "control=true", "beta=0.04"]) == 0
+    control, rl_zero, rl_hit, own = (load_checkpoint(tmp_path / d / "best")["model"].state_dict()
+                                     for d in ("control", "rl", "hit", "own"))
     start_weights = load_checkpoint(start / "best")["model"].state_dict()
     assert any(not torch.equal(start_weights[k], v) for k, v in control.items())
     for k, v in control.items():
         torch.testing.assert_close(rl_zero[k], v, rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(own[k], v, rtol=1e-4, atol=1e-6, msg=k)
     assert any((rl_hit[k] - v).abs().max() > 1e-4 for k, v in control.items())
     logged = [json.loads(line) for line in (tmp_path / "rl" / "log.jsonl").read_text().splitlines()]
     assert sum("sft" in r for r in logged) >= 1
