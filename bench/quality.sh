@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quality over seeds: SASRec, TIGER mode, ETEGRec (pretrain → finetune) and ETEGRec + GRPO on
-# one dataset, each seed a whole run_grpo.sh chain in runs/<dataset>-seed<S>, then a table of
-# mean ± std in runs/<dataset>-quality.md and each run's curves (<stage>/curves.png).
+# Quality over seeds: SASRec, TIGER mode, ETEGRec (pretrain → finetune), ETEGRec + GRPO and
+# GRPO's control (rl control=true, where rl.yaml has an sft anchor) on one dataset, each seed a
+# whole run_grpo.sh chain in runs/<dataset>-seed<S>, then a table of mean ± std in
+# runs/<dataset>-quality.md and each run's curves (<stage>/curves.png).
 #   bash bench/quality.sh [DATASET] [SEEDS...]        e.g. bash bench/quality.sh ml-100k 42 1 2
 # On 2 CPU cores one ML-100K seed takes about 25 minutes; use a GPU machine for Beauty.
 set -euo pipefail
@@ -25,6 +26,12 @@ for seed in "${seeds[@]}"; do
     checkpoint="$root/pretrain/best" output_dir="$root/finetune"
   launch rl --config "configs/$dataset/rl.yaml" "${common[@]}" \
     checkpoint="$root/finetune/best" output_dir="$root/rl"
+  # the RL term's control (the same steps and anchor without it), where rl.yaml has an anchor
+  if python -c "import sys, yaml; sys.exit(not (yaml.safe_load(open(sys.argv[1])) or {}).get('sft_weight'))" \
+      "configs/$dataset/rl.yaml"; then
+    launch rl --config "configs/$dataset/rl.yaml" "${common[@]}" control=true \
+      checkpoint="$root/finetune/best" output_dir="$root/rl-control"
+  fi
   python -m etegrl.report "$root" > /dev/null
 done
 python bench/aggregate.py "${roots[@]}" --out "runs/$dataset-quality.md"

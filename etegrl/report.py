@@ -18,7 +18,7 @@ COLUMNS = ["recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@1
 BEHAVIOUR = ["distinct_top1", "popular10_share@10", "history_share@10"]
 
 
-STAGES = ("pretrain-tiger", "pretrain", "finetune", "rl")
+STAGES = ("pretrain-tiger", "pretrain", "finetune", "rl", "rl-control")
 
 
 def protocol_note(roots) -> str:
@@ -56,7 +56,8 @@ def rows(root: Path):
         if path.is_file():
             r = read_json(path)
             name = {"pretrain-tiger": "TIGER mode (pretrain)", "pretrain": "ETEGRec pretrain",
-                    "finetune": "ETEGRec finetune", "rl": "ETEGRec + GRPO"}[stage]
+                    "finetune": "ETEGRec finetune", "rl": "ETEGRec + GRPO",
+                    "rl-control": "control: GRPO's steps without the RL term"}[stage]
             yield name, r["test"], r["train_seconds"]
 
 
@@ -124,7 +125,7 @@ def plot_stage(stage_dir: Path) -> Path | None:
         return None
     if any(r.get("kind") == "grpo" for r in steps):  # per-function reward means, KL, hits
         names = {k for r in steps for k in r if k.startswith("reward/") and k.endswith("/mean")}
-        series = sorted(names) + ["kl", "group_hit_rate"]
+        series = sorted(names) + ["kl", "group_hit_rate", "sft"]
     else:
         series = ["total", "code", "vq", "sia", "psa"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

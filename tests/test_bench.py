@@ -26,6 +26,32 @@ def test_aggregate_mean_and_std(tmp_path):
     assert "(beam 7)" in table  # the settings the runs recorded, not assumed ones
 
 
+def test_aggregate_pairs_grpo_with_its_start_and_control(tmp_path):
+    """Below the table: per-user differences over the seed folders holding both test lists
+    (here user 2's target moves from outside the top 10 to first: +1 of 2 users = +0.5)."""
+    from aggregate import aggregate
+
+    def lists(path, ranked):
+        write(path / "test_topk.jsonl", "".join(
+            json.dumps({"user": u, "target": 10 + u, "ranked": r}) + "\n"
+            for u, r in ranked.items()))
+        write(path / "results.json", json.dumps({
+            "test": {"recall@5": 0.5, "recall@10": 0.5, "ndcg@5": 0.5, "ndcg@10": 0.5,
+                     "coverage@10": 0.1}, "train_seconds": 1.0}))
+
+    for seed in ("a", "b"):
+        lists(tmp_path / seed / "finetune", {1: [11, 3], 2: [4, 5]})
+        lists(tmp_path / seed / "rl", {1: [11, 3], 2: [12, 5]})
+        lists(tmp_path / seed / "rl-control", {1: [11, 3], 2: [4, 5]})
+    table = aggregate([tmp_path / "a", tmp_path / "b"])
+    start = next(line for line in table.splitlines() if line.startswith("| GRPO against its finetuned"))
+    control = next(line for line in table.splitlines() if line.startswith("| GRPO against its control"))
+    assert "| 2 | +0.5000 [+0.0000, +1.0000] | +0.5000 [+0.0000, +1.0000] |" in start
+    assert "+0.5000" in control
+    assert "| the control against the finetuned start | 2 | +0.0000" in table
+    assert "TIGER" not in table  # no pretrain folders: no such pair
+
+
 def test_generate_copy_gives_our_lists(trained_run, tiny_data):
     from beam_search import as_t5, hf_topk
 
