@@ -261,11 +261,9 @@ class RLStage(Stage):
         cfg, valid = self.cfg, ro.valid
         logits, _ = self.logits_for(self.model, ro.tokens, ro.mask, ro.codes, ro.encoded)
         sft = None
-        if ro.target_codes is not None:  # the true item as a one-member group, teacher-forced
-            target_logits, _ = self.logits_for(self.model, ro.tokens, ro.mask,
-                                               ro.target_codes[:, None], ro.encoded)
-            sft = self.sft_objective(self.table, target_logits, ro.target_codes,
-                                     scores=ro.target_scores)
+        if ro.target_codes is not None:
+            sft = self.target_sft(ro.tokens, ro.mask, ro.target_codes, ro.target_scores,
+                                  ro.encoded)
         ro.encoded = None  # its graph serves one backward pass
         logps = code_logprobs(logits, ro.flat, ro.allowed)
         old = logps.detach() if ro.old_logps is None else ro.old_logps
@@ -281,6 +279,11 @@ class RLStage(Stage):
             metrics["sft"] = sft.item()
             loss = loss + sft_scale * cfg.sft_weight * sft
         return loss, metrics
+
+    def target_sft(self, tokens, mask, target_codes, scores, encoded=None) -> torch.Tensor:
+        """The sft loss of each user's true item: a one-member group, teacher-forced."""
+        logits, _ = self.logits_for(self.model, tokens, mask, target_codes[:, None], encoded)
+        return self.sft_objective(self.table, logits, target_codes, scores=scores)
 
     def window_sft(self) -> float:
         """Backward of ``sft_weight`` × the finetune loss (``training_outputs`` and the same
@@ -369,9 +372,7 @@ class RLStage(Stage):
                     tokens, mask = history_tokens(hist, self.table.codes)
                     scores = (None if self.teacher is None
                               else self.teacher.scores(hist, self.teacher_exclude))
-                    codes = self.table.codes[target]
-                    logits, _ = self.logits_for(self.model, tokens, mask, codes[:, None])
-                    loss = self.sft_objective(self.table, logits, codes, scores=scores)
+                    loss = self.target_sft(tokens, mask, self.table.codes[target], scores)
                     weight = len(target) / max(1, users)
                     (loss * cfg.sft_weight * weight * share).backward()
                     values["sft"] += weight * loss.item()
