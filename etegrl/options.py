@@ -97,16 +97,36 @@ def step_count(value: float | None, total: int) -> int:
 TEACHER_EXCLUDE_HISTORY = ("Whether the teacher may name an item of the user's own history: auto = as exclude_history (the evaluation's rule), always = never (its scores of history items are −inf), never = it may. always suits data where a few targets repeat a history item (so exclude_history stays off) but a sequential teacher still puts much of its mass on the history.")
 
 
+TEACHERS = ("none = no teacher; sasrec = the prepare step's SASRec in data_dir (trained on the "
+            "training rows only); transitions = item-to-item transition counts of the training "
+            "sequences (an item's next transition_window items, and with transition_backward its "
+            "previous ones), read from the user's last transition_history items")
+
+
 @dataclass
-class DistillOptions:
+class TransitionOptions:
+    """The ``transitions`` teacher: a scorer built from the training sequences, no training."""
+
+    transition_window: int = option(3, "teacher=transitions: an item counts the items up to this many positions after it in every training sequence, weighted 0.5^(distance − 1).")
+    transition_history: int = option(5, "teacher=transitions: a history is read from its last this many items, the most recent weighted 1, the one before 0.7, then 0.7², ...")
+    transition_backward: float = option(0.5, "teacher=transitions: weight of the reverse direction (an item also counts the items before it, × this); 0 = forward only.")
+
+    def check_transitions(self) -> None:
+        require(self, 1, "transition_window", "transition_history")
+        require(self, 0, "transition_backward")
+
+
+@dataclass
+class DistillOptions(TransitionOptions):
     """A teacher's item distribution as soft targets of the supervised stages' code loss."""
 
-    teacher: Literal["none", "sasrec"] = option("none", "Distil from a scorer of every item: sasrec = the prepare step's SASRec in data_dir (trained on the training rows only). Its item distribution for each training history, history items excluded where teacher_exclude_history says so, becomes per-code soft targets along the target's codes; with train_on=sequences one causal teacher pass scores every position of a window from the window's items up to it (max_len at most the prepare step's).")
+    teacher: Literal["none", "sasrec", "transitions"] = option("none", "Distil from a scorer of every item: " + TEACHERS + ". Its item distribution for each training history, history items excluded where teacher_exclude_history says so, becomes per-code soft targets along the target's codes; with train_on=sequences one causal teacher pass scores every position of a window from the window's items up to it (max_len at most the prepare step's).")
     teacher_weight: float = option(0.5, "With a teacher: each code's target is (1 − w) · the true code + w · the teacher's distribution of that code given the target's earlier codes.")
     teacher_temperature: float = option(1.0, "With a teacher: its scores are divided by this before the softmax (> 1 flattens the distribution).")
     teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", TEACHER_EXCLUDE_HISTORY)
 
     def check_distill(self) -> None:
+        self.check_transitions()
         require(self, 0, "teacher_weight", high=1)
         require(self, 0, "teacher_temperature", above=True)
 

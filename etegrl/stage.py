@@ -196,8 +196,8 @@ class Stage:
         self.steplog.add(epoch, kind, values, self.step)
 
     def load_teacher(self) -> None:
-        """The config's teacher (``teacher``: none or sasrec), after ``begin``."""
-        self.teacher = Teacher.for_config(self.cfg, self.data.n_items, device=self.device)
+        """The config's teacher (``teacher``: none, sasrec or transitions), after ``begin``."""
+        self.teacher = Teacher.for_config(self.cfg, self.data, device=self.device)
 
     def autocast(self):
         """Context of the recommender's training forward passes: bf16 autocast when the config

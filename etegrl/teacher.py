@@ -1,4 +1,5 @@
-"""A teacher for GRPO: the prepare step's SASRec, which ranks every item for a history.
+"""Teachers: scorers of every item for a history — the prepare step's SASRec, or the
+training sequences' item-to-item transition counts (``TransitionTeacher``).
 
 The prepare step trains SASRec on the training rows only (full-softmax cross-entropy over all
 items) and keeps it in ``<data_dir>/sasrec_model.safetensors``; its sizes are in the data
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -46,12 +48,19 @@ class Teacher:
         self.n_items = n_items
 
     @classmethod
-    def for_config(cls, cfg, n_items: int, device="cpu") -> "Teacher | None":
-        """The teacher a stage's config names (``teacher``: none or sasrec; None for none),
-        checked against the config: sequence windows may be no longer than it reads."""
-        if getattr(cfg, "teacher", "none") != "sasrec":
+    def for_config(cls, cfg, data, device="cpu") -> "Teacher | TransitionTeacher | None":
+        """The teacher a stage's config names (``teacher``: none, sasrec or transitions; None
+        for none) over ``data`` (the stage's ``etegrl.data.Processed``), checked against the
+        config: sequence windows may be no longer than it reads."""
+        kind = getattr(cfg, "teacher", "none")
+        if kind == "transitions":
+            return TransitionTeacher(data.splits["train_seq"]["items"], data.n_items,
+                                     window=cfg.transition_window,
+                                     history=cfg.transition_history,
+                                     backward=cfg.transition_backward, device=device)
+        if kind != "sasrec":
             return None
-        teacher = cls(cfg.data_dir, n_items, device=device)
+        teacher = cls(cfg.data_dir, data.n_items, device=device)
         if getattr(cfg, "train_on", "rows") == "sequences" and cfg.max_len > teacher.max_len:
             raise EtegrlError(f"max_len={cfg.max_len}: sequence windows with a teacher may be "
                               f"at most the teacher's max_len ({teacher.max_len}, from "
@@ -126,6 +135,86 @@ class Teacher:
         ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device)
                        .expand_as(order).contiguous())
         return ranks
+
+
+class TransitionTeacher:
+    """Item-to-item transition counts of the training sequences, a scorer of every item that
+    needs no training: the classic item-based next-item model, often stronger than a small
+    SASRec on short, sparse sequences. ``C[i, j]`` sums, over every training sequence, the
+    times ``j`` comes ``d`` ≤ ``window`` positions after ``i`` (weight 0.5^(d−1)) and, times
+    ``backward``, the times it comes that far before. A history's score of item ``j`` is
+    ``Σ_m 0.7^m C[h_m, j]`` over its last ``history`` items (``h_0`` the most recent),
+    normalised to a distribution and mixed with the items' training popularity
+    (``POPULARITY`` of the mass, the whole of it for a history with no counts); the logits are
+    its log. Same interface as the SASRec teacher (``scores``, ``window_scores``, ``ranks``).
+    Built with scipy/torch sparse products rather than a dense ``[n, n]`` table, which would
+    not fit in memory for catalogues of 10⁵ items."""
+
+    DISTANCE_DECAY, HISTORY_DECAY, POPULARITY = 0.5, 0.7, 0.1
+
+    def __init__(self, sequences, n_items: int, *, window: int = 3, history: int = 5,
+                 backward: float = 0.5, device="cpu"):
+        rows, cols, vals = [], [], []
+        for seq in sequences:
+            seq = np.asarray(seq, dtype=np.int64)
+            for d in range(1, window + 1):
+                if len(seq) <= d:
+                    break
+                w = self.DISTANCE_DECAY ** (d - 1)
+                rows.append(seq[:-d]); cols.append(seq[d:]); vals.append(np.full(len(seq) - d, w))
+                if backward:
+                    rows.append(seq[d:]); cols.append(seq[:-d])
+                    vals.append(np.full(len(seq) - d, w * backward))
+        n = n_items + 1
+        if rows:
+            r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        else:
+            r, c, v = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        if len(r) and (r.max() >= n or c.max() >= n or min(r.min(), c.min()) < 1):
+            raise EmbeddingError(f"training sequences name items outside 1..{n_items}")
+        # C transposed (to score a batch as C^T @ weights^T), duplicates summed by coalesce
+        self.counts_t = torch.sparse_coo_tensor(np.stack([c, r]), v, (n, n),
+                                                dtype=torch.float32, check_invariants=True).coalesce().to(device)
+        pop = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences])
+                          if len(sequences) else np.zeros(0, np.int64), minlength=n)[:n]
+        pop = torch.tensor(pop, dtype=torch.float32)
+        pop[0] = 0
+        self.popularity = (pop / pop.sum().clamp(min=1)).to(device)
+        self.history, self.n_items, self.device = history, n_items, torch.device(device)
+
+    ranks = staticmethod(Teacher.ranks)
+
+    def distribution(self, hist: torch.Tensor) -> torch.Tensor:
+        """Right-padded histories ``[B, L]`` → item distributions ``[B, n_items + 1]``."""
+        hist = hist.to(self.device)
+        b, length = len(hist), (hist > 0).sum(1)
+        back = torch.arange(min(self.history, hist.shape[1]), device=self.device)
+        pos = length[:, None] - 1 - back  # the m-th most recent item's position
+        items = torch.where(pos >= 0, hist.gather(1, pos.clamp(min=0)), 0)
+        weights = torch.zeros(b, self.n_items + 1, device=self.device)
+        weights.scatter_add_(1, items, (self.HISTORY_DECAY ** back.float()).expand(b, -1)
+                             .contiguous())
+        weights[:, 0] = 0
+        s = torch.sparse.mm(self.counts_t, weights.T).T  # [B, n+1]
+        total = s.sum(1, keepdim=True)
+        mix = torch.where(total > 0, 1 - self.POPULARITY, 0.0)
+        return mix * s / total.clamp(min=1e-30) + (1 - mix) * self.popularity
+
+    @torch.no_grad()
+    def scores(self, hist: torch.Tensor, exclude: bool = False) -> torch.Tensor:
+        s = self.distribution(hist).log()
+        if exclude:
+            s = s.scatter(1, hist.to(self.device), float("-inf"))
+        s[:, 0] = float("-inf")
+        return s
+
+    @torch.no_grad()
+    def window_scores(self, items: torch.Tensor, targets: torch.Tensor,
+                      exclude: bool = False) -> torch.Tensor:
+        items = items.to(self.device)
+        b, w = (targets.to(self.device) > 0).nonzero(as_tuple=True)
+        upto = torch.arange(items.shape[1], device=self.device) <= w[:, None]
+        return self.scores(torch.where(upto, items[b], 0), exclude=exclude)
 
 
 def add_teacher_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 from trl import GRPOConfig
 
 from etegrl.config import option, require
-from etegrl.options import (TEACHER_EXCLUDE_HISTORY, EvalOptions, LoraOptions, RunOptions,
-                            StepOptions)
+from etegrl.options import (TEACHER_EXCLUDE_HISTORY, TEACHERS, EvalOptions, LoraOptions,
+                            RunOptions, StepOptions, TransitionOptions)
 
 
 # GRPOConfig / TrainingArguments fields that the loop reads, beside those RLConfig declares
@@ -36,7 +36,7 @@ TRL_FIELD_HINTS = {
 
 
 @dataclass
-class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
+class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     # config fields naming inputs: a finished run is reused only while these are unchanged
     INPUT_FIELDS = ("data_dir", "checkpoint", "reward_funcs")
 
@@ -50,13 +50,13 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
     reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, teacher_logratio, future_hit) or path/to/file.py:function; weights in reward_weights.")
-    teacher: Literal["none", "sasrec"] = option("none", "A scorer of every item for a history: sasrec = the prepare step's SASRec in data_dir (trained on training rows only). Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_logprob, and teacher_items their members.")
+    teacher: Literal["none", "sasrec", "transitions"] = option("none", "A scorer of every item for a history: " + TEACHERS + ". Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_logprob, and teacher_items their members.")
     teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", TEACHER_EXCLUDE_HISTORY)
     teacher_items: int = option(0, "Replace the last N members of every group by the teacher's best items the group lacks (history items excluded where teacher_exclude_history says so), so that rewards can pull the policy toward items outside its beam. Needs teacher.")
     future_items: int = option(0, "Give reward functions `future`: each prompt's next N training items after its target (the built-in future_hit reward credits them); 0 = off.")
     future_discount: float = option(0.5, "future_hit's credit for the j-th next item: future_discount ** j.")
     sft_weight: float = option(0.0, "Add this weight × the code cross-entropy of each prompt's true item (teacher-forced, the finetune loss) to the GRPO loss: a supervised anchor, so that a run can be compared with a continue-finetuning control of the same steps and the RL term's own effect read off; 0 = GRPO alone.")
-    sft_teacher_weight: float = option(0.0, "With sft_weight and teacher=sasrec: the sft term's targets are (1 − w) · the true codes + w · the teacher's code distributions along them (the distillation loss of pretrain and finetune's teacher_weight, temperature 1), so that the anchor keeps what a distilled start learned from the teacher.")
+    sft_teacher_weight: float = option(0.0, "With sft_weight and a teacher: the sft term's targets are (1 − w) · the true codes + w · the teacher's code distributions along them (the distillation loss of pretrain and finetune's teacher_weight, temperature 1), so that the anchor keeps what a distilled start learned from the teacher.")
     sft_rows: Literal["prompts", "sequences"] = option("prompts", "What the sft term trains on: each prompt's true item (prompts), or, as finetune's train_on=sequences does, the next batch of windows of the users' training sequences at every optimiser step (sequences: needs a recommender with causal_encoder=true; windows of max_len items, rows_per_user of them per user per pass, sft_batch_size per step). With sequences, a run at learning_rate with the same schedule is a finetune control of the same steps (batch_size = sft_batch_size, the same rows_per_user and seed, the same windows) plus the RL term.")
     sft_batch_size: int = option(0, "With sft_rows=sequences: windows per optimiser step (0 = the users of a step: per_device_train_batch_size / num_generations × processes × gradient_accumulation_steps).")
     control: bool = option(False, "Train this run's continue-finetuning control instead: the same prompts, optimiser steps, schedule, sft anchor (sft_weight, sft_teacher_weight, sft_rows) and validations, without groups, rewards, KL or the RL term (needs sft_weight > 0). GRPO's own effect is then its paired difference from this run (python -m etegrl.compare CONTROL_DIR RL_DIR).")
@@ -99,17 +99,19 @@ class RLConfig(LoraOptions, EvalOptions, StepOptions, RunOptions, GRPOConfig):
             raise ValueError("control=true cannot be combined with dynamic_sampling (its steps "
                              "depend on the rewards the control does not compute)")
         if self.sft_teacher_weight and (self.teacher == "none" or not self.sft_weight):
-            raise ValueError("sft_teacher_weight needs teacher=sasrec and sft_weight > 0")
+            raise ValueError("sft_teacher_weight needs a teacher (sasrec or transitions) and "
+                             "sft_weight > 0")
         self.check_steps()
         self.resolve_steps()
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "teacher_items", high=self.num_generations)
+        self.check_transitions()
         require(self, 0, "future_items")
         require(self, 0, "future_discount", high=1)
         needs = [f for f in ("teacher", "teacher_logratio") if f in self.reward_funcs]
         if self.teacher == "none" and (self.teacher_items or needs):
             raise ValueError(f"{'the ' + repr(needs[0]) + ' reward' if needs else 'teacher_items'} "
-                             f"needs teacher=sasrec")
+                             f"needs a teacher (teacher=sasrec or transitions)")
         if "future_hit" in self.reward_funcs and not self.future_items:
             raise ValueError("the 'future_hit' reward needs future_items ≥ 1")
         with warnings.catch_warnings():  # transformers warns about a field trl sets, not the user
