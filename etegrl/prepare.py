@@ -24,7 +24,7 @@ from transformers import set_seed
 
 from .config import parse_args, require
 from .data import (build_splits, exclude_history, item_counts, load_processed,
-                   read_source, save_processed, source_files, write_topk)
+                   pad_histories, read_source, save_processed, source_files, write_topk)
 from .distributed import set_threads
 from .errors import EtegrlError
 from .malloc import keep_freed_memory
@@ -116,6 +116,38 @@ def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> 
     return report
 
 
+def transitions_baseline(data, out: Path, log=print, exclude: bool = False) -> dict:
+    """A second reference beside SASRec that needs no training: the ``transitions`` teacher
+    (item-to-item transition counts of the training sequences, its default settings) ranks
+    every item for each history — history items dropped when ``exclude``; ties by lower item
+    id. Metrics of both splits, the test lists in ``transitions_test_topk.jsonl``."""
+    from .teacher import TransitionTeacher
+
+    teacher = TransitionTeacher(data.splits["train_seq"]["items"], data.n_items)
+    order = most_popular(item_counts(data.splits, data.n_items), data.n_items)
+    report = {"ranking": (f"item-to-item transition counts of the training sequences (window "
+                          f"{teacher.window}, backward weight {teacher.backward}, the last "
+                          f"{teacher.history} history items; ties by item id)"),
+              "exclude_history": exclude}
+    for split in ("valid", "test"):
+        rows = data.splits[split]
+        tops = []
+        for start in range(0, len(rows), 1024):
+            hist = pad_histories(rows["history"][start:start + 1024])
+            scores = teacher.scores(hist, exclude=exclude)
+            top = torch.sort(-scores, dim=1, stable=True).indices[:, :20]
+            # −inf (column 0, excluded history items) sorts last: no item there
+            tops.append(torch.where(torch.isinf(scores.gather(1, top)), 0, top))
+        top = torch.cat(tops)
+        report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
+                                     histories=rows["history"], popular=order[:10])
+    write_topk(out / "transitions_test_topk.jsonl", data.splits["test"]["user"],
+               data.splits["test"]["target"], top.tolist())
+    t = report["test"]
+    log(f"item transitions test: recall@10 {t['recall@10']:.4f} ndcg@10 {t['ndcg@10']:.4f}")
+    return report
+
+
 def prepare_inputs(cfg: PrepareConfig) -> dict[str, str]:
     """Fingerprints of what the prepare step reads: the source files, a feature file, a local
     text model."""
@@ -158,7 +190,8 @@ def _run(cfg: PrepareConfig, log=print) -> dict:
     parts: dict[str, torch.Tensor] = {}
     exclude = exclude_history(cfg.exclude_history, data.splits)
     summary = {"stats": s, "exclude_history": exclude, "device": str(device),
-               "most_popular": most_popular_baseline(data, out, log, exclude=exclude)}
+               "most_popular": most_popular_baseline(data, out, log, exclude=exclude),
+               "transitions": transitions_baseline(data, out, log, exclude=exclude)}
     emb_dir = out / "embeddings"
     if cfg.sasrec_epochs > 0:
         model, report = train_sasrec(data, cfg, max_len=cfg.max_len, seed=cfg.seed,

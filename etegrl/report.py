@@ -49,6 +49,8 @@ def rows(root: Path):
         s = read_json(summary)
         if "most_popular" in s:
             yield "Most popular (training counts)", s["most_popular"]["test"], 0.0
+        if "transitions" in s:
+            yield "Item transitions (training sequences)", s["transitions"]["test"], 0.0
         if "sasrec" in s:
             yield "SASRec (full-softmax CE)", s["sasrec"]["test"], s["sasrec"]["train_seconds"]
     for stage in STAGES:

@@ -180,7 +180,8 @@ class TransitionTeacher:
         pop = torch.tensor(pop, dtype=torch.float32)
         pop[0] = 0
         self.popularity = (pop / pop.sum().clamp(min=1)).to(device)
-        self.history, self.n_items, self.device = history, n_items, torch.device(device)
+        self.window, self.history, self.backward = window, history, backward
+        self.n_items, self.device = n_items, torch.device(device)
 
     ranks = staticmethod(Teacher.ranks)
 
@@ -202,7 +203,8 @@ class TransitionTeacher:
 
     @torch.no_grad()
     def scores(self, hist: torch.Tensor, exclude: bool = False) -> torch.Tensor:
-        s = self.distribution(hist).log()
+        # an item with no count and no training popularity stays rankable, after all others
+        s = self.distribution(hist).log().clamp(min=-1e4)
         if exclude:
             s = s.scatter(1, hist.to(self.device), float("-inf"))
         s[:, 0] = float("-inf")

@@ -9,7 +9,7 @@ import torch
 from etegrl.compare import main as compare_main
 from etegrl.data import RawData, build_splits, load_processed, read_topk, save_processed
 from etegrl.metrics import list_metrics
-from etegrl.prepare import most_popular_baseline
+from etegrl.prepare import most_popular_baseline, transitions_baseline
 
 
 def test_most_popular_baseline_by_hand(tmp_path):
@@ -28,6 +28,29 @@ def test_most_popular_baseline_by_hand(tmp_path):
     assert t["recall@1"] == pytest.approx(1 / 3)
     assert t["ndcg@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5) + 1) / 3)
     assert t["distinct_top1"] == 1
+    users = sorted(lists)
+    again = list_metrics(torch.tensor([lists[u][1] for u in users]),
+                         torch.tensor([lists[u][0] for u in users]), n_items=data.n_items)
+    for key, value in again.items():
+        assert t[key] == pytest.approx(value), key
+
+
+def test_transitions_baseline_by_hand(tmp_path):
+    seqs = {"u1": ["a", "b", "c", "d", "a"], "u2": ["b", "a", "b", "c", "d"],
+            "u3": ["b", "c", "a", "b"]}
+    data = build_splits(RawData(sequences=seqs, source="hand"), max_len=50)
+    save_processed(data, tmp_path)
+    data = load_processed(tmp_path)
+    report = transitions_baseline(data, tmp_path, log=lambda *_: None)
+    ids = {tok: i for i, tok in enumerate(data.item_tokens, 1)}
+    lists = read_topk(tmp_path / "transitions_test_topk.jsonl")
+    # training parts u1 a b c, u2 b a b, u3 b c; window 3 (distance d weighs 0.5^(d-1)), the
+    # reverse direction × 0.5: C[a] = {b 2.5, c 0.5}, C[b] = {a 2, b 0.75, c 2}, C[c] = {a 0.25,
+    # b 1}. u1's test history a b c d (d never in training): 0.7 C[c] + 0.49 C[b] + 0.343 C[a]
+    # = a 1.155, b 1.925, c 1.1515, d 0 → b, a, c, d; its target a ranks second
+    u1 = data.users.index("u1")
+    assert lists[u1] == (ids["a"], [ids["b"], ids["a"], ids["c"], ids["d"]])
+    t = report["test"]
     users = sorted(lists)
     again = list_metrics(torch.tensor([lists[u][1] for u in users]),
                          torch.tensor([lists[u][0] for u in users]), n_items=data.n_items)

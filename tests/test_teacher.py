@@ -58,7 +58,9 @@ def test_transition_teacher_by_hand():
     expected = torch.stack([0.9 * torch.tensor([0, .5, .7, 3.05, .5, 0]) / 4.75 + 0.1 * pop, pop])
     torch.testing.assert_close(t.distribution(hist), expected)
     scores = t.scores(hist, exclude=True)
-    assert torch.isneginf(scores[0, [0, 1, 2, 5]]).all() and torch.isneginf(scores[1, [0, 5]]).all()
+    assert torch.isneginf(scores[0, [0, 1, 2]]).all() and torch.isneginf(scores[1, [0, 5]]).all()
+    # item 5 is in no training sequence: rankable, below every item with a count
+    assert torch.isfinite(scores[0, 5]) and scores[0, 5] < scores[0, 3:5].min()
     torch.testing.assert_close(scores[0, 3:5], expected[0, 3:5].log())
     # every scored window position reads the window's items up to it, as scores does
     windows = t.window_scores(torch.tensor([[1, 2, 3, 0]]), torch.tensor([[2, 3, 0, 0]]))
