@@ -92,28 +92,41 @@ def unseen(items: list[int], seen: set[int]) -> list[int]:
     return [i for i in items if i not in seen]
 
 
+def baseline_report(data, out: Path, name: str, ranking: str, lists, log=print,
+                    exclude: bool = False) -> dict:
+    """A baseline's metrics on both splits from ``lists(rows)`` (each row's top 20 item ids,
+    0 = no item), its test lists in ``<name>_test_topk.jsonl``."""
+    order = most_popular(item_counts(data.splits, data.n_items), data.n_items)
+    report = {"ranking": ranking, "exclude_history": exclude}
+    for split in ("valid", "test"):
+        rows = data.splits[split]
+        top = lists(rows)
+        report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
+                                     histories=rows["history"], popular=order[:10])
+    write_topk(out / f"{name}_test_topk.jsonl", data.splits["test"]["user"],
+               data.splits["test"]["target"], top.tolist())
+    t = report["test"]
+    log(f"{name.replace('_', ' ')} test: recall@10 {t['recall@10']:.4f} ndcg@10 "
+        f"{t['ndcg@10']:.4f}")
+    return report
+
+
 def most_popular_baseline(data, out: Path, log=print, exclude: bool = False) -> dict:
     """The floor every model is judged against: items by their training counts (ties by lower
     item id), the same list for every user — less each user's history items when ``exclude``.
     Metrics of both splits, the test lists in ``most_popular_test_topk.jsonl``."""
-    counts = item_counts(data.splits, data.n_items)
-    order = most_popular(counts, data.n_items)
-    report = {"ranking": "training counts, ties by item id", "exclude_history": exclude}
-    for split in ("valid", "test"):
-        rows = data.splits[split]
-        if exclude:  # the first 20 + len(history) items always hold 20 the user has not seen
-            lists = [unseen(order[:20 + len(h)].tolist(), set(h))[:20] for h in rows["history"]]
-            width = max(len(x) for x in lists)  # < 20 in a catalogue under 20 + history items
-            top = torch.tensor([x + [0] * (width - len(x)) for x in lists])  # 0: no item
-        else:
-            top = order[:20].expand(len(rows), -1)
-        report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
-                                     histories=rows["history"], popular=order[:10])
-    write_topk(out / "most_popular_test_topk.jsonl", data.splits["test"]["user"],
-               data.splits["test"]["target"], top.tolist())
-    t = report["test"]
-    log(f"most popular test: recall@10 {t['recall@10']:.4f} ndcg@10 {t['ndcg@10']:.4f}")
-    return report
+    order = most_popular(item_counts(data.splits, data.n_items), data.n_items)
+
+    def lists(rows):
+        if not exclude:
+            return order[:20].expand(len(rows), -1)
+        # the first 20 + len(history) items always hold 20 the user has not seen
+        kept = [unseen(order[:20 + len(h)].tolist(), set(h))[:20] for h in rows["history"]]
+        width = max(len(x) for x in kept)  # < 20 in a catalogue under 20 + history items
+        return torch.tensor([x + [0] * (width - len(x)) for x in kept])  # 0: no item
+
+    return baseline_report(data, out, "most_popular", "training counts, ties by item id", lists,
+                           log, exclude)
 
 
 def transitions_baseline(data, out: Path, log=print, exclude: bool = False) -> dict:
@@ -124,28 +137,21 @@ def transitions_baseline(data, out: Path, log=print, exclude: bool = False) -> d
     from .teacher import TransitionTeacher
 
     teacher = TransitionTeacher(data.splits["train_seq"]["items"], data.n_items)
-    order = most_popular(item_counts(data.splits, data.n_items), data.n_items)
-    report = {"ranking": (f"item-to-item transition counts of the training sequences (window "
-                          f"{teacher.window}, backward weight {teacher.backward}, the last "
-                          f"{teacher.history} history items; ties by item id)"),
-              "exclude_history": exclude}
-    for split in ("valid", "test"):
-        rows = data.splits[split]
+
+    def lists(rows):
         tops = []
         for start in range(0, len(rows), 1024):
-            hist = pad_histories(rows["history"][start:start + 1024])
-            scores = teacher.scores(hist, exclude=exclude)
+            scores = teacher.scores(pad_histories(rows["history"][start:start + 1024]),
+                                    exclude=exclude)
             top = torch.sort(-scores, dim=1, stable=True).indices[:, :20]
             # −inf (column 0, excluded history items) sorts last: no item there
             tops.append(torch.where(torch.isinf(scores.gather(1, top)), 0, top))
-        top = torch.cat(tops)
-        report[split] = list_metrics(top, torch.as_tensor(rows["target"]), n_items=data.n_items,
-                                     histories=rows["history"], popular=order[:10])
-    write_topk(out / "transitions_test_topk.jsonl", data.splits["test"]["user"],
-               data.splits["test"]["target"], top.tolist())
-    t = report["test"]
-    log(f"item transitions test: recall@10 {t['recall@10']:.4f} ndcg@10 {t['ndcg@10']:.4f}")
-    return report
+        return torch.cat(tops)
+
+    ranking = (f"item-to-item transition counts of the training sequences (window "
+               f"{teacher.window}, backward weight {teacher.backward}, the last {teacher.history} "
+               f"history items; ties by item id)")
+    return baseline_report(data, out, "transitions", ranking, lists, log, exclude)
 
 
 def prepare_inputs(cfg: PrepareConfig) -> dict[str, str]:

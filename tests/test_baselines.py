@@ -12,12 +12,23 @@ from etegrl.metrics import list_metrics
 from etegrl.prepare import most_popular_baseline, transitions_baseline
 
 
-def test_most_popular_baseline_by_hand(tmp_path):
+def hand_data(tmp_path):
     seqs = {"u1": ["a", "b", "c", "d", "a"], "u2": ["b", "a", "b", "c", "d"],
             "u3": ["b", "c", "a", "b"]}
-    data = build_splits(RawData(sequences=seqs, source="hand"), max_len=50)
-    save_processed(data, tmp_path)
-    data = load_processed(tmp_path)
+    save_processed(build_splits(RawData(sequences=seqs, source="hand"), max_len=50), tmp_path)
+    return load_processed(tmp_path)
+
+
+def metrics_from_file(path, n_items):
+    """The metrics recomputed from a written test_topk file."""
+    lists = read_topk(path)
+    users = sorted(lists)
+    return list_metrics(torch.tensor([lists[u][1] for u in users]),
+                        torch.tensor([lists[u][0] for u in users]), n_items=n_items)
+
+
+def test_most_popular_baseline_by_hand(tmp_path):
+    data = hand_data(tmp_path)
     # training parts: u1 a b c, u2 b a b, u3 b c → b 4, a 2, c 2, d 0 → order b, a, c, d
     report = most_popular_baseline(data, tmp_path, log=lambda *_: None)
     ids = {tok: i for i, tok in enumerate(data.item_tokens, 1)}
@@ -28,19 +39,13 @@ def test_most_popular_baseline_by_hand(tmp_path):
     assert t["recall@1"] == pytest.approx(1 / 3)
     assert t["ndcg@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5) + 1) / 3)
     assert t["distinct_top1"] == 1
-    users = sorted(lists)
-    again = list_metrics(torch.tensor([lists[u][1] for u in users]),
-                         torch.tensor([lists[u][0] for u in users]), n_items=data.n_items)
-    for key, value in again.items():
+    for key, value in metrics_from_file(tmp_path / "most_popular_test_topk.jsonl",
+                                        data.n_items).items():
         assert t[key] == pytest.approx(value), key
 
 
 def test_transitions_baseline_by_hand(tmp_path):
-    seqs = {"u1": ["a", "b", "c", "d", "a"], "u2": ["b", "a", "b", "c", "d"],
-            "u3": ["b", "c", "a", "b"]}
-    data = build_splits(RawData(sequences=seqs, source="hand"), max_len=50)
-    save_processed(data, tmp_path)
-    data = load_processed(tmp_path)
+    data = hand_data(tmp_path)
     report = transitions_baseline(data, tmp_path, log=lambda *_: None)
     ids = {tok: i for i, tok in enumerate(data.item_tokens, 1)}
     lists = read_topk(tmp_path / "transitions_test_topk.jsonl")
@@ -50,11 +55,11 @@ def test_transitions_baseline_by_hand(tmp_path):
     # = a 1.155, b 1.925, c 1.1515, d 0 → b, a, c, d; its target a ranks second
     u1 = data.users.index("u1")
     assert lists[u1] == (ids["a"], [ids["b"], ids["a"], ids["c"], ids["d"]])
+    # u2 (b a b c → d, in no training sequence) ranks d last of the four, u3 (b c a → b) first
     t = report["test"]
-    users = sorted(lists)
-    again = list_metrics(torch.tensor([lists[u][1] for u in users]),
-                         torch.tensor([lists[u][0] for u in users]), n_items=data.n_items)
-    for key, value in again.items():
+    assert t["ndcg@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5) + 1) / 3)
+    for key, value in metrics_from_file(tmp_path / "transitions_test_topk.jsonl",
+                                        data.n_items).items():
         assert t[key] == pytest.approx(value), key
 
 
