@@ -52,6 +52,7 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
     reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, teacher_logratio, future_hit) or path/to/file.py:function; weights in reward_weights.")
     teacher: Literal["none", "sasrec", "transitions"] = option("none", "A scorer of every item for a history: " + TEACHERS + ". Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_logprob, and teacher_items their members.")
     teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", TEACHER_EXCLUDE_HISTORY)
+    reward_teacher: Literal["teacher", "none", "sasrec", "transitions"] = option("teacher", "The scorer behind the rewards' teacher_rank and teacher_logprob and behind teacher_items: teacher = the one the teacher option names; sasrec or transitions = that scorer for them alone, while the sft anchor (sft_teacher_weight) keeps teacher's — so the RL term can bring what the anchor's distillation does not.")
     teacher_items: int = option(0, "Replace the last N members of every group by the teacher's best items the group lacks (history items excluded where teacher_exclude_history says so), so that rewards can pull the policy toward items outside its beam. Needs teacher.")
     future_items: int = option(0, "Give reward functions `future`: each prompt's next N training items after its target (the built-in future_hit reward credits them); 0 = off.")
     future_discount: float = option(0.5, "future_hit's credit for the j-th next item: future_discount ** j.")
@@ -109,9 +110,9 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
         require(self, 0, "future_items")
         require(self, 0, "future_discount", high=1)
         needs = [f for f in ("teacher", "teacher_logratio") if f in self.reward_funcs]
-        if self.teacher == "none" and (self.teacher_items or needs):
+        if self.rewards_scorer == "none" and (self.teacher_items or needs):
             raise ValueError(f"{'the ' + repr(needs[0]) + ' reward' if needs else 'teacher_items'} "
-                             f"needs a teacher (teacher=sasrec or transitions)")
+                             f"needs a teacher (teacher or reward_teacher: sasrec or transitions)")
         if "future_hit" in self.reward_funcs and not self.future_items:
             raise ValueError("the 'future_hit' reward needs future_items ≥ 1")
         with warnings.catch_warnings():  # transformers warns about a field trl sets, not the user
@@ -121,6 +122,11 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs")
+
+    @property
+    def rewards_scorer(self) -> str:
+        """The scorer the rewards and teacher_items use: reward_teacher, resolved."""
+        return self.teacher if self.reward_teacher == "teacher" else self.reward_teacher
 
     def resolve_steps(self) -> None:
         """num_train_epochs, trl's name, is epochs' other name: one of them."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -73,6 +74,15 @@ class RLStage(Stage):
             self.peft = apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                    dropout=cfg.lora_dropout, targets=cfg.lora_targets)
         self.load_teacher()
+        # the rewards' scorer: the teacher, or another one for the rewards alone
+        self.reward_scorer = self.teacher
+        if cfg.reward_teacher != "teacher":
+            self.reward_scorer = Teacher.for_config(
+                SimpleNamespace(teacher=cfg.reward_teacher, data_dir=cfg.data_dir,
+                                max_len=cfg.max_len, transition_window=cfg.transition_window,
+                                transition_history=cfg.transition_history,
+                                transition_backward=cfg.transition_backward),
+                self.data, device=self.device)
         # the sft term: the finetune loss, with the teacher's code targets (sft_teacher_weight)
         self.sft_objective = CodeObjective(trie=cfg.logprob == "trie", teacher=self.teacher,
                                            weight=cfg.sft_teacher_weight,
@@ -205,7 +215,14 @@ class RLStage(Stage):
             with torch.set_grad_enabled(graph):
                 encoded = self.model.encode(tokens, mask)
         shared = None if encoded is None else encoded.detach()
-        scores = None if self.teacher is None else self.teacher.scores(hist, self.teacher_exclude)
+        scores = (None if self.reward_scorer is None
+                  else self.reward_scorer.scores(hist, self.teacher_exclude))
+        # the anchor's teacher scores of these users (sft on the prompts' true items)
+        anchor_scores = scores
+        if self.reward_scorer is not self.teacher:
+            anchor_scores = (self.teacher.scores(hist, self.teacher_exclude)
+                             if self.teacher is not None and cfg.sft_weight
+                             and self.sft_windows is None else None)
         items, codes = self.make_groups(hist, targets, shared, scores)
         flat = codes.reshape(-1, codes.shape[-1])
         allowed = None
@@ -230,6 +247,7 @@ class RLStage(Stage):
             encoded = None if encoded is None else encoded[keep]
             shared = None if shared is None else shared[keep]
             scores = None if scores is None else scores[keep]
+            anchor_scores = None if anchor_scores is None else anchor_scores[keep]
 
             def members(x):  # (users·G, ...) rows of the kept groups
                 return None if x is None else x.unflatten(0, (-1, r.shape[1]))[keep].flatten(0, 1)
@@ -249,7 +267,7 @@ class RLStage(Stage):
         return Rollout(tokens=tokens, mask=mask, codes=codes, flat=flat,
                        target_codes=(self.table.codes[targets]
                                      if cfg.sft_weight and self.sft_windows is None else None),
-                       target_scores=scores,
+                       target_scores=anchor_scores,
                        valid=(items > 0).reshape(-1), advantages=adv.reshape(-1),
                        allowed=allowed, encoded=encoded if graph else None,
                        ref_logits=ref_logits if cfg.kl_estimator == "exact" else None,
@@ -417,7 +435,8 @@ class RLStage(Stage):
         return {"from": cfg.checkpoint, "lora": cfg.use_lora, "group_source": cfg.group_source,
                 "reward_funcs": list(cfg.reward_funcs), "reward_weights": self.reward_weights,
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
-                "teacher": cfg.teacher, "teacher_items": cfg.teacher_items,
+                "teacher": cfg.teacher, "reward_teacher": cfg.rewards_scorer,
+                "teacher_items": cfg.teacher_items,
                 "teacher_exclude_history": self.teacher_exclude,
                 "item_baseline": cfg.item_baseline, "sft_rows": cfg.sft_rows if cfg.sft_weight else None,
                 "control": cfg.control,

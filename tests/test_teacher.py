@@ -276,6 +276,36 @@ def test_rl_teacher_exclude_history(tiny_data, trained_run, tmp_path, mode, expe
     stage.cleanup()
 
 
+def test_rl_reward_teacher_scores_the_groups_and_leaves_the_anchor(tiny_data, trained_run,
+                                                                  tmp_path, capsys):
+    """reward_teacher=transitions: groups and rewards read the transitions scorer, the sft
+    anchor's targets still the SASRec teacher's."""
+    from rl.config import RLConfig
+    from rl.loop import RLStage
+
+    data, _ = teacher_dir(tmp_path, tiny_data)
+    cfg = RLConfig(data_dir=str(data), checkpoint=str(trained_run / "best"),
+                   output_dir=str(tmp_path / "rl"), max_len=8, num_generations=4,
+                   per_device_train_batch_size=16, progress=False, teacher="sasrec",
+                   reward_teacher="transitions", teacher_items=2, reward_funcs=["teacher"],
+                   reward_weights=[1.0], sft_weight=1.0, sft_teacher_weight=0.5)
+    stage = RLStage(cfg, log=lambda *_: None)
+    stage.setup()
+    assert isinstance(stage.reward_scorer, TransitionTeacher) and isinstance(stage.teacher, Teacher)
+    seen, group_rewards = [], stage.group_rewards
+    stage.group_rewards = lambda *a, **k: seen.append(a[4]) or group_rewards(*a, **k)
+    hist, targets = next(stage.rows.epoch())
+    ro = stage.rollout(hist, targets, graph=False)
+    exclude = stage.teacher_exclude
+    torch.testing.assert_close(seen[0], stage.reward_scorer.scores(hist, exclude))
+    torch.testing.assert_close(ro.target_scores, stage.teacher.scores(hist, exclude))
+    stage.cleanup()
+    # with no teacher at all, the reward's scorer alone is enough; none of either is an error
+    assert rl_main([f"output_dir={tmp_path / 'x'}", f"data_dir={data}", "teacher=none",
+                    "reward_teacher=none", "reward_funcs=[teacher]", "reward_weights=[1]"]) == 2
+    assert "needs a teacher" in capsys.readouterr().err
+
+
 def test_teacher_reads_long_histories_from_their_end(tiny_data, tmp_path):
     data, _ = teacher_dir(tmp_path, tiny_data)  # its max_len is 8
     teacher = Teacher(data, 30)
