@@ -48,11 +48,13 @@ class Teacher:
         self.n_items = n_items
 
     @classmethod
-    def for_config(cls, cfg, data, device="cpu") -> "Teacher | TransitionTeacher | None":
+    def for_config(cls, cfg, data, device="cpu",
+                   kind: str | None = None) -> "Teacher | TransitionTeacher | None":
         """The teacher a stage's config names (``teacher``: none, sasrec or transitions; None
         for none) over ``data`` (the stage's ``etegrl.data.Processed``), checked against the
-        config: sequence windows may be no longer than it reads."""
-        kind = getattr(cfg, "teacher", "none")
+        config: sequence windows may be no longer than it reads. ``kind`` names another
+        scorer than ``teacher`` (the rl stage's ``reward_teacher``)."""
+        kind = kind or getattr(cfg, "teacher", "none")
         if kind == "transitions":
             return TransitionTeacher(data.splits["train_seq"]["items"], data.n_items,
                                      window=cfg.transition_window,

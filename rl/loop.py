@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -77,12 +76,8 @@ class RLStage(Stage):
         # the rewards' scorer: the teacher, or another one for the rewards alone
         self.reward_scorer = self.teacher
         if cfg.reward_teacher != "teacher":
-            self.reward_scorer = Teacher.for_config(
-                SimpleNamespace(teacher=cfg.reward_teacher, data_dir=cfg.data_dir,
-                                max_len=cfg.max_len, transition_window=cfg.transition_window,
-                                transition_history=cfg.transition_history,
-                                transition_backward=cfg.transition_backward),
-                self.data, device=self.device)
+            self.reward_scorer = Teacher.for_config(cfg, self.data, device=self.device,
+                                                    kind=cfg.reward_teacher)
         # the sft term: the finetune loss, with the teacher's code targets (sft_teacher_weight)
         self.sft_objective = CodeObjective(trie=cfg.logprob == "trie", teacher=self.teacher,
                                            weight=cfg.sft_teacher_weight,

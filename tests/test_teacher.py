@@ -44,60 +44,6 @@ def test_teacher_scores_and_ranks(tiny_data, tmp_path):
     assert ranks.tolist() == [[4, 1, 0, 2, 3]]  # ties by lower item id; padding last
 
 
-def test_transition_teacher_by_hand():
-    # window 2, backward 0.5: C[1] = {2: 1, 3: 0.5 + 1}, C[2] = {1: 0.5, 3: 2, 4: 0.5}
-    t = TransitionTeacher([[1, 2, 3], [2, 3, 4], [1, 3]], 5, window=2, history=2, backward=0.5)
-    counts = t.counts_t.to_dense().T
-    torch.testing.assert_close(counts[1], torch.tensor([0, 0, 1, 1.5, 0, 0]))
-    torch.testing.assert_close(counts[2], torch.tensor([0, 0.5, 0, 2, 0.5, 0]))
-    torch.testing.assert_close(counts[4], torch.tensor([0, 0, 0.25, 0.5, 0, 0]))
-    # history [1, 2]: C[2] + 0.7 C[1] = (0, .5, .7, 3.05, .5), sum 4.75, mixed 0.9 / 0.1 with
-    # the training popularity (2, 2, 3, 1) / 8; an item never seen in training: popularity only
-    hist = torch.tensor([[1, 2, 0], [5, 0, 0]])
-    pop = torch.tensor([0, 2, 2, 3, 1, 0]) / 8
-    expected = torch.stack([0.9 * torch.tensor([0, .5, .7, 3.05, .5, 0]) / 4.75 + 0.1 * pop, pop])
-    torch.testing.assert_close(t.distribution(hist), expected)
-    scores = t.scores(hist, exclude=True)
-    assert torch.isneginf(scores[0, [0, 1, 2]]).all() and torch.isneginf(scores[1, [0, 5]]).all()
-    # item 5 is in no training sequence: rankable, below every item with a count
-    assert torch.isfinite(scores[0, 5]) and scores[0, 5] < scores[0, 3:5].min()
-    torch.testing.assert_close(scores[0, 3:5], expected[0, 3:5].log())
-    # every scored window position reads the window's items up to it, as scores does
-    windows = t.window_scores(torch.tensor([[1, 2, 3, 0]]), torch.tensor([[2, 3, 0, 0]]))
-    torch.testing.assert_close(windows, t.scores(torch.tensor([[1, 0], [1, 2]])))
-    # the most recent items only: history=1 reads item 2 alone
-    one = TransitionTeacher([[1, 2, 3], [2, 3, 4], [1, 3]], 5, window=2, history=1)
-    torch.testing.assert_close(one.distribution(torch.tensor([[1, 2]])),
-                               one.distribution(torch.tensor([[2, 0]])))
-
-
-def test_transition_teacher_in_the_stages(tiny_data, trained_run, tmp_path, capsys):
-    from finetune.__main__ import main as finetune_main
-
-    data = tiny_data / "data"
-    common = [f"data_dir={data}", f"checkpoint={trained_run / 'best'}", "max_len=8", "epochs=1",
-              "batch_size=64", "progress=false"]
-    plain, taught = tmp_path / "plain", tmp_path / "taught"
-    assert finetune_main(common + [f"output_dir={plain}"]) == 0
-    assert finetune_main(common + [f"output_dir={taught}", "teacher=transitions",
-                                   "teacher_weight=0.7"]) == 0
-    losses = [[json.loads(line).get("code") for line in (d / "log.jsonl").read_text().splitlines()]
-              for d in (plain, taught)]
-    assert losses[0] != losses[1]
-    out = tmp_path / "rl"
-    assert rl_main([f"data_dir={data}", f"checkpoint={trained_run / 'best'}", f"output_dir={out}",
-                    "max_len=8", "num_generations=4", "per_device_train_batch_size=16",
-                    "teacher=transitions", "teacher_items=2", "reward_funcs=[hit,teacher]",
-                    "reward_weights=[1.0,0.5]", "progress=false"]) == 0
-    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in steps if r.get("kind") == "grpo" and "step" in r]
-    assert steps and all(0 < r["reward/teacher/mean"] <= 1 for r in steps)
-    capsys.readouterr()
-    assert finetune_main(common + [f"output_dir={tmp_path / 'bad'}", "teacher=transitions",
-                                   "transition_window=0"]) == 2
-    assert "transition_window" in capsys.readouterr().err
-
-
 def test_add_teacher_items_by_hand():
     items = torch.tensor([[4, 1, 2, 3], [5, 6, 7, 8]])
     scores = torch.full((2, 10), float("-inf"))
