@@ -30,14 +30,17 @@ class CodeObjective:
         """``logits [N, T, C]`` of the targets' codes ``[N, T]`` under ``table`` (a CodeTable);
         ``hist`` the histories the teacher scores (prefix rows, N of them), or with ``windows``
         (the ``[B, W]`` next items of sequence windows ``hist``, 0 = unscored) the windows whose
-        N scored positions it scores; or ``scores`` its scores already at hand."""
+        N scored positions it scores — for prefix rows, ``windows`` may be their ``[N]`` targets
+        (a transitions teacher leaves each row's own pair into its target out); or ``scores``
+        its scores already at hand."""
         allowed = table.allowed_along(target_codes) if self.trie else None
         if self.teacher is None:
             return code_loss(logits, target_codes, allowed)
         if scores is None and windows is not None and windows.dim() == 2:
             scores = self.teacher.window_scores(hist, windows, exclude=self.exclude)
-        elif scores is None:
-            scores = self.teacher.scores(hist, exclude=self.exclude)
+        elif scores is None:  # prefix rows: ``windows`` (when given) holds their targets
+            future = None if windows is None else windows.reshape(-1, 1)
+            scores = self.teacher.scores(hist, exclude=self.exclude, future=future)
         soft = code_targets(torch.softmax(scores / self.temperature, -1), table.codes,
                             target_codes, table.code_num)
         return code_loss(logits, target_codes, allowed, soft=soft, soft_weight=self.weight)

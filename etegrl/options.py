@@ -110,6 +110,7 @@ class TransitionOptions:
     transition_window: int = option(3, "teacher=transitions: an item counts the items up to this many positions after it in every training sequence, weighted 0.5^(distance − 1).")
     transition_history: int = option(5, "teacher=transitions: a history is read from its last this many items, the most recent weighted 1, the one before 0.7, then 0.7², ...")
     transition_backward: float = option(0.5, "teacher=transitions: weight of the reverse direction (an item also counts the items before it, × this); 0 = forward only.")
+    transition_leave_out: bool = option(True, "teacher=transitions: on a training row, leave the row's own pairs into its target and the items after it out of the counts (else the scorer has seen every training answer and teaches the policy to repeat them). The items after a prediction point that the batch holds are left out: the window's later items with train_on=sequences, the target with train_on=rows, the target and its next training items in the rl stage.")
 
     def check_transitions(self) -> None:
         require(self, 1, "transition_window", "transition_history")

@@ -59,7 +59,8 @@ class Teacher:
             return TransitionTeacher(data.splits["train_seq"]["items"], data.n_items,
                                      window=cfg.transition_window,
                                      history=cfg.transition_history,
-                                     backward=cfg.transition_backward, device=device)
+                                     backward=cfg.transition_backward,
+                                     leave_out=cfg.transition_leave_out, device=device)
         if kind != "sasrec":
             return None
         teacher = cls(cfg.data_dir, data.n_items, device=device)
@@ -95,10 +96,14 @@ class Teacher:
         return torch.cat([s.new_full((*s.shape[:-1], 1), float("-inf")), s], -1)
 
     @torch.no_grad()
-    def scores(self, hist: torch.Tensor, exclude: bool = False) -> torch.Tensor:
+    def scores(self, hist: torch.Tensor, exclude: bool = False,
+               future: torch.Tensor | None = None) -> torch.Tensor:
         """Right-padded histories ``[B, L]`` → scores ``[B, n_items + 1]`` (column = item id;
         column 0, and the history items when ``exclude``, are −inf). A history longer than
-        the teacher's ``max_len`` is read from its last ``max_len`` items."""
+        the teacher's ``max_len`` is read from its last ``max_len`` items. ``future`` (the
+        items that follow each history in its training sequence) is for the transitions
+        teacher, which leaves them out of its counts; a trained model has no counts to leave
+        out, so it is unused here."""
         hist = self.recent(hist.to(next(self.model.parameters()).device))
         last = (hist > 0).sum(1).clamp(min=1) - 1
         s = self.logits(self.model(hist)[torch.arange(len(hist), device=hist.device), last])
@@ -149,13 +154,23 @@ class TransitionTeacher:
     normalised to a distribution and mixed with the items' training popularity
     (``POPULARITY`` of the mass, the whole of it for a history with no counts); the logits are
     its log. Same interface as the SASRec teacher (``scores``, ``window_scores``, ``ranks``).
+
+    ``leave_out``: a training row's own pairs are in these counts — the pairs from its history
+    to its target (and to the items after it) — so on training rows the scorer has already
+    seen every answer: on its own training prompts its top items hold the true item far more
+    often than on held-out ones, and as a distillation target or reward it teaches the policy
+    to repeat the training answers rather than what generalises. Given the ``future`` of a
+    history (the items that follow it in the same training sequence, nearest first), the
+    scores leave out exactly the pairs that cross from the history into that future, and the
+    future items' own occurrences in the popularity mix: what the counts would be had the
+    sequence stopped at the history, as it does for a validation or test row.
     Built with scipy/torch sparse products rather than a dense ``[n, n]`` table, which would
     not fit in memory for catalogues of 10⁵ items."""
 
     DISTANCE_DECAY, HISTORY_DECAY, POPULARITY = 0.5, 0.7, 0.1
 
     def __init__(self, sequences, n_items: int, *, window: int = 3, history: int = 5,
-                 backward: float = 0.5, device="cpu"):
+                 backward: float = 0.5, leave_out: bool = True, device="cpu"):
         rows, cols, vals = [], [], []
         for seq in sequences:
             seq = np.asarray(seq, dtype=np.int64)
@@ -181,14 +196,21 @@ class TransitionTeacher:
                           if len(sequences) else np.zeros(0, np.int64), minlength=n)[:n]
         pop = torch.tensor(pop, dtype=torch.float32)
         pop[0] = 0
+        self.pop_counts = pop.to(device)
         self.popularity = (pop / pop.sum().clamp(min=1)).to(device)
         self.window, self.history, self.backward = window, history, backward
+        self.leave_out = leave_out
+        # the smallest weight one pair can add to a score: below half of it, what is left after
+        # removing a row's own pairs is float residue, not a count
+        self.residue = 0.5 * (self.HISTORY_DECAY ** (history - 1)
+                              * self.DISTANCE_DECAY ** (window - 1) * min(1.0, backward or 1.0))
         self.n_items, self.device = n_items, torch.device(device)
 
     ranks = staticmethod(Teacher.ranks)
 
-    def distribution(self, hist: torch.Tensor) -> torch.Tensor:
-        """Right-padded histories ``[B, L]`` → item distributions ``[B, n_items + 1]``."""
+    def distribution(self, hist: torch.Tensor, future: torch.Tensor | None = None) -> torch.Tensor:
+        """Right-padded histories ``[B, L]`` → item distributions ``[B, n_items + 1]``;
+        ``future [B, F]`` (right-padded, nearest first) left out with ``leave_out``."""
         hist = hist.to(self.device)
         b, length = len(hist), (hist > 0).sum(1)
         back = torch.arange(min(self.history, hist.shape[1]), device=self.device)
@@ -199,14 +221,40 @@ class TransitionTeacher:
                              .contiguous())
         weights[:, 0] = 0
         s = torch.sparse.mm(self.counts_t, weights.T).T  # [B, n+1]
+        popularity = self.popularity
+        if future is not None and self.leave_out:
+            s, popularity = self.without_own_pairs(hist, length, weights, s, future.to(self.device))
         total = s.sum(1, keepdim=True)
         mix = torch.where(total > 0, 1 - self.POPULARITY, 0.0)
-        return mix * s / total.clamp(min=1e-30) + (1 - mix) * self.popularity
+        return mix * s / total.clamp(min=1e-30) + (1 - mix) * popularity
+
+    def without_own_pairs(self, hist, length, weights, s, future):
+        """``s`` without the pairs from each history's last ``window`` items to the ``future``
+        items within ``window`` positions (item at distance ``a`` back, future item ``k``
+        ahead: distance ``a + 1 + k``), each weighted as the score weighed it (the history
+        weight of its first item × 0.5^(distance − 1)); and the popularity without the
+        future items' occurrences. → (scores, popularity per row)."""
+        for a in range(min(self.window, hist.shape[1])):
+            pos = length - 1 - a
+            key = torch.where(pos >= 0, hist.gather(1, pos.clamp(min=0)[:, None])[:, 0], 0)
+            key_weight = weights.gather(1, key[:, None])[:, 0]  # column 0 (no item) weighs 0
+            for k in range(min(self.window - a, future.shape[1])):
+                col = future[:, k:k + 1]
+                amount = key_weight[:, None] * self.DISTANCE_DECAY ** (a + k) * (col > 0)
+                s.scatter_add_(1, col, -amount)
+        s = torch.where(s > self.residue, s, 0.0)
+        s[:, 0] = 0
+        counts = self.pop_counts.expand(len(s), -1).clone()
+        counts.scatter_add_(1, future, -(future > 0).float())
+        counts[:, 0] = 0
+        counts = counts.clamp(min=0)
+        return s, counts / counts.sum(1, keepdim=True).clamp(min=1)
 
     @torch.no_grad()
-    def scores(self, hist: torch.Tensor, exclude: bool = False) -> torch.Tensor:
+    def scores(self, hist: torch.Tensor, exclude: bool = False,
+               future: torch.Tensor | None = None) -> torch.Tensor:
         # an item with no count and no training popularity stays rankable, after all others
-        s = self.distribution(hist).log().clamp(min=-1e4)
+        s = self.distribution(hist, future).log().clamp(min=-1e4)
         if exclude:
             s = s.scatter(1, hist.to(self.device), float("-inf"))
         s[:, 0] = float("-inf")
@@ -215,10 +263,20 @@ class TransitionTeacher:
     @torch.no_grad()
     def window_scores(self, items: torch.Tensor, targets: torch.Tensor,
                       exclude: bool = False) -> torch.Tensor:
-        items = items.to(self.device)
-        b, w = (targets.to(self.device) > 0).nonzero(as_tuple=True)
+        items, targets = items.to(self.device), targets.to(self.device)
+        b, w = (targets > 0).nonzero(as_tuple=True)
         upto = torch.arange(items.shape[1], device=self.device) <= w[:, None]
-        return self.scores(torch.where(upto, items[b], 0), exclude=exclude)
+        future = None
+        if self.leave_out:  # what follows position w: the window's later items, then the item
+            # after the window (its last target); items further on are not in the batch
+            length = (items > 0).sum(1)
+            ext = torch.cat([items, torch.zeros_like(items[:, :1])], 1)
+            last = targets.gather(1, (length - 1).clamp(min=0)[:, None])
+            ext.scatter_(1, length[:, None], last)
+            ahead = w[:, None] + 1 + torch.arange(ext.shape[1], device=self.device)
+            future = torch.where(ahead < ext.shape[1],
+                                 ext[b[:, None], ahead.clamp(max=ext.shape[1] - 1)], 0)
+        return self.scores(torch.where(upto, items[b], 0), exclude=exclude, future=future)
 
 
 def add_teacher_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:

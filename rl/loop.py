@@ -96,8 +96,13 @@ class RLStage(Stage):
                               * cfg.gradient_accumulation_steps
                               * (cfg.dynamic_sampling_draws if cfg.dynamic_sampling else 1),
                               max_len=cfg.max_len, rows_per_user=cfg.rows_per_user, seed=cfg.seed,
-                              recent=cfg.prompt_rows == "recent", with_rows=cfg.future_items > 0)
+                              recent=cfg.prompt_rows == "recent",
+                              with_rows=cfg.future_items > 0 or self.leaves_out)
         self.future = future_items(self.data.splits, cfg.future_items) if cfg.future_items else None
+        # a transitions scorer leaves each prompt's own pairs out: its target and the training
+        # items after it, as far as the scorer's window reaches
+        self.own_future = (future_items(self.data.splits, cfg.transition_window - 1)
+                           if self.leaves_out else None)
         self.item_baseline = (ItemBaseline(self.data.n_items, cfg.item_baseline)
                               if cfg.item_baseline else None)
         # sft_rows=sequences: the sft term on the windows a finetune control would train on,
@@ -146,6 +151,32 @@ class RLStage(Stage):
             missing = ~(items == targets.unsqueeze(1)).any(1)
             items[missing, -1] = targets[missing]
         return items, self.table.codes[items]
+
+    @property
+    def leaves_out(self) -> bool:
+        """Whether a scorer in use (the teacher or the rewards') is a transitions teacher that
+        leaves a prompt's own pairs out of its counts."""
+        return any(getattr(t, "leave_out", False) for t in (self.teacher, self.reward_scorer))
+
+    def prompt_future(self, targets, rows=None):
+        """``[B, F]``: each prompt's target, then (with its training row) the user's next
+        training items — what a transitions scorer leaves out; None for other scorers."""
+        if not self.leaves_out:
+            return None
+        if rows is None or self.own_future is None:
+            return targets[:, None]
+        ahead = [self.own_future[r] for r in rows.tolist()]
+        width = max(map(len, ahead), default=0)
+        ahead = torch.tensor([a + [0] * (width - len(a)) for a in ahead],
+                             dtype=targets.dtype).reshape(len(targets), width)
+        return torch.cat([targets[:, None], ahead.to(targets.device)], 1)
+
+    def scorer_scores(self, scorer, hist, future):
+        """A scorer's scores of these histories (``teacher_exclude``), the prompts' own future
+        left out where there is one to leave out."""
+        if future is None:
+            return scorer.scores(hist, self.teacher_exclude)
+        return scorer.scores(hist, self.teacher_exclude, future=future)
 
     def group_rewards(self, hist, targets, items, codes, teacher_scores=None, rows=None,
                       policy_logps=None):
@@ -210,12 +241,13 @@ class RLStage(Stage):
             with torch.set_grad_enabled(graph):
                 encoded = self.model.encode(tokens, mask)
         shared = None if encoded is None else encoded.detach()
+        future = self.prompt_future(targets, rows)
         scores = (None if self.reward_scorer is None
-                  else self.reward_scorer.scores(hist, self.teacher_exclude))
+                  else self.scorer_scores(self.reward_scorer, hist, future))
         # the anchor's teacher scores of these users (sft on the prompts' true items)
         anchor_scores = scores
         if self.reward_scorer is not self.teacher:
-            anchor_scores = (self.teacher.scores(hist, self.teacher_exclude)
+            anchor_scores = (self.scorer_scores(self.teacher, hist, future)
                              if self.teacher is not None and cfg.sft_weight
                              and self.sft_windows is None else None)
         items, codes = self.make_groups(hist, targets, shared, scores)
@@ -330,7 +362,8 @@ class RLStage(Stage):
         n = cfg.gradient_accumulation_steps
         if cfg.control:
             return self.control_step(torch.tensor_split(hist, n), torch.tensor_split(targets, n),
-                                     share, iterations)
+                                     share, iterations,
+                                     None if rows is None else torch.tensor_split(rows, n))
         parts = [p for p in zip(torch.tensor_split(hist, n), torch.tensor_split(targets, n),
                                 [None] * n if rows is None else torch.tensor_split(rows, n))
                  if len(p[1])]
@@ -367,7 +400,7 @@ class RLStage(Stage):
             sums["item_baseline"] = baseline  # mean |running mean advantage| of the step's items
         return sums
 
-    def control_step(self, hists, targets, share: float, iterations: int) -> dict:
+    def control_step(self, hists, targets, share: float, iterations: int, rows=None) -> dict:
         """control=true: the optimiser steps of a GRPO step with the RL term left out — the sft
         anchor alone, on the next window batch (sft_rows=sequences) or on the step's prompts'
         true items, weighted as the GRPO step weighs it (each micro-batch by its users)."""
@@ -379,12 +412,13 @@ class RLStage(Stage):
                 values["sft"] = self.window_sft()
             else:
                 values["sft"] = 0.0
-                for hist, target in zip(hists, targets):
+                for i, (hist, target) in enumerate(zip(hists, targets)):
                     if not len(target):
                         continue
                     tokens, mask = history_tokens(hist, self.table.codes)
+                    future = self.prompt_future(target, None if rows is None else rows[i])
                     scores = (None if self.teacher is None
-                              else self.teacher.scores(hist, self.teacher_exclude))
+                              else self.scorer_scores(self.teacher, hist, future))
                     loss = self.target_sft(tokens, mask, self.table.codes[target], scores)
                     weight = len(target) / max(1, users)
                     (loss * cfg.sft_weight * weight * share).backward()

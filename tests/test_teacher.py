@@ -240,10 +240,19 @@ def test_rl_reward_teacher_scores_the_groups_and_leaves_the_anchor(tiny_data, tr
     assert isinstance(stage.reward_scorer, TransitionTeacher) and isinstance(stage.teacher, Teacher)
     seen, group_rewards = [], stage.group_rewards
     stage.group_rewards = lambda *a, **k: seen.append(a[4]) or group_rewards(*a, **k)
-    hist, targets = next(stage.rows.epoch())
-    ro = stage.rollout(hist, targets, graph=False)
+    hist, targets, rows = next(stage.rows.epoch())
+    ro = stage.rollout(hist, targets, rows, graph=False)
     exclude = stage.teacher_exclude
-    torch.testing.assert_close(seen[0], stage.reward_scorer.scores(hist, exclude))
+    # the transitions scorer leaves each prompt's target and next training item out
+    future = stage.prompt_future(targets, rows)
+    train = stage.data.splits["train"]
+    first = torch.arange(4)  # a user's first training rows: the next two training items follow
+    assert stage.prompt_future(torch.tensor(train["target"][:4]), first).tolist() == [
+        [train["target"][r]] + stage.own_future[r] + [0] * (2 - len(stage.own_future[r]))
+        for r in range(4)]
+    assert all(len(stage.own_future[r]) == 2 for r in range(2))  # transition_window 3
+    torch.testing.assert_close(seen[0], stage.reward_scorer.scores(hist, exclude, future=future))
+    assert not torch.equal(seen[0], stage.reward_scorer.scores(hist, exclude))
     torch.testing.assert_close(ro.target_scores, stage.teacher.scores(hist, exclude))
     stage.cleanup()
     # with no teacher at all, the reward's scorer alone is enough; none of either is an error

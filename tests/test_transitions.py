@@ -26,9 +26,11 @@ def test_transition_teacher_by_hand():
     # item 5 is in no training sequence: rankable, below every item with a count
     assert torch.isfinite(scores[0, 5]) and scores[0, 5] < scores[0, 3:5].min()
     torch.testing.assert_close(scores[0, 3:5], expected[0, 3:5].log())
-    # every scored window position reads the window's items up to it, as scores does
+    # every scored window position reads the window's items up to it, as scores does, and
+    # leaves out what follows it in the window
     windows = t.window_scores(torch.tensor([[1, 2, 3, 0]]), torch.tensor([[2, 3, 0, 0]]))
-    torch.testing.assert_close(windows, t.scores(torch.tensor([[1, 0], [1, 2]])))
+    torch.testing.assert_close(windows, t.scores(torch.tensor([[1, 0], [1, 2]]),
+                                                 future=torch.tensor([[2, 3], [3, 0]])))
     # the most recent items only: history=1 reads item 2 alone
     one = TransitionTeacher([[1, 2, 3], [2, 3, 4], [1, 3]], 5, window=2, history=1)
     torch.testing.assert_close(one.distribution(torch.tensor([[1, 2]])),
@@ -60,3 +62,36 @@ def test_transition_teacher_in_the_stages(tiny_data, trained_run, tmp_path, caps
     assert finetune_main(common + [f"output_dir={tmp_path / 'bad'}", "teacher=transitions",
                                    "transition_window=0"]) == 2
     assert "transition_window" in capsys.readouterr().err
+
+
+def test_transition_teacher_leaves_a_rows_own_pairs_out():
+    # a training row's leave-out scores are those of the counts had its sequence stopped at
+    # the history, as it does for a validation or test row
+    seqs = [[1, 2, 3, 4, 5], [2, 3, 6], [1, 4, 6, 5], [3, 5, 2], [2, 4]]
+    t = TransitionTeacher(seqs, 7, window=2, history=3, backward=0.5)
+    for cut in (1, 2, 3, 4):
+        stopped = TransitionTeacher([seqs[0][:cut]] + seqs[1:], 7, window=2, history=3,
+                                    backward=0.5)
+        hist = torch.tensor([seqs[0][:cut]])
+        future = torch.tensor([seqs[0][cut:] + [0]])  # right-padded
+        torch.testing.assert_close(t.distribution(hist, future), stopped.distribution(hist))
+        torch.testing.assert_close(t.scores(hist, future=future), stopped.scores(hist))
+        if cut == 2:  # the target 3 loses the pair 2 → 3 and its half of 1 → 3
+            assert t.scores(hist, future=future)[0, 3] < t.scores(hist)[0, 3]
+    # a batch: each row its own future; a row with no future is scored as without one
+    hist = torch.tensor([[1, 2, 0], [2, 3, 0], [1, 4, 6]])
+    future = torch.tensor([[3, 4, 5], [6, 0, 0], [0, 0, 0]])
+    both = t.distribution(hist, future)
+    torch.testing.assert_close(both[2], t.distribution(hist[2:])[0])
+    torch.testing.assert_close(
+        both[1], TransitionTeacher([seqs[0], [2, 3]] + seqs[2:], 7, window=2, history=3,
+                                   backward=0.5).distribution(hist[1:2])[0])
+    # every position of a window leaves out the window's items after it and the next item
+    windows = t.window_scores(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[2, 3, 4, 5]]))
+    for w in range(4):
+        stopped = TransitionTeacher([seqs[0][:w + 1]] + seqs[1:], 7, window=2, history=3,
+                                    backward=0.5)
+        torch.testing.assert_close(windows[w], stopped.scores(torch.tensor([seqs[0][:w + 1]]))[0])
+    # leave_out=False: the counts as they are, future or not
+    kept = TransitionTeacher(seqs, 7, window=2, history=3, backward=0.5, leave_out=False)
+    torch.testing.assert_close(kept.distribution(hist, future), kept.distribution(hist))
