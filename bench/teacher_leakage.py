@@ -18,22 +18,20 @@ import argparse
 import torch
 import common  # noqa: F401  (puts the project on the import path)
 
+from etegrl.data.batching import pad_histories
 from etegrl.data.split import future_items, load_processed
 from etegrl.embeddings import EmbeddingError
+from etegrl.metrics import ranking_metrics, ranks_from_lists
 from etegrl.teacher import Teacher, TransitionTeacher
 
 
 def padded(rows: list[list[int]], max_len: int) -> torch.Tensor:
-    rows = [list(r)[-max_len:] for r in rows]
-    width = max(1, max(map(len, rows)))
-    return torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    return pad_histories([list(r)[-max_len:] for r in rows])
 
 
 def metrics(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    top = scores.topk(10, 1).indices
-    where = (top == targets[:, None]).float()
-    ndcg = (where / torch.log2(torch.arange(2, 12).float())).sum(1)
-    return where.any(1).float().mean().item(), ndcg.mean().item()
+    m = ranking_metrics(ranks_from_lists(scores.topk(10, 1).indices, targets), ks=[10])
+    return m["recall@10"], m["ndcg@10"]
 
 
 def main() -> None:
@@ -65,7 +63,7 @@ def main() -> None:
     except EmbeddingError as err:
         print(f"no SASRec row: {err}")
     print(f"{len(picked)} users; Recall@10 / NDCG@10 over all {n} items, history rankable")
-    print(f"| scorer | training rows | validation rows | training ÷ validation (R@10) |")
+    print("| scorer | training rows | validation rows | training ÷ validation (R@10) |")
     print("|---|---|---|---|")
     for name, scorer in scorers.items():
         out = {}
