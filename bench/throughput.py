@@ -22,6 +22,7 @@ from common import matmul_peak
 from torch.utils.flop_counter import FlopCounterMode
 
 from etegrl.config import parse_args
+from etegrl.distributed import use_bf16
 from pretrain.config import PretrainConfig
 from pretrain.loop import PretrainStage
 
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
                                              "output_dir=/tmp/throughput-bench", "overwrite=true"])
     stage = PretrainStage(cfg, log=lambda *_: None)
     stage.setup()
-    # the share is taken of the peak of the precision the matmuls run in (bf16=true: bf16)
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    # the share is taken of the peak of the precision the matmuls run in (bf16 on: bf16)
+    dtype = torch.bfloat16 if use_bf16(cfg.bf16, stage.device) else torch.float32
     peak = matmul_peak(dtype=dtype)
     print(f"threads {torch.get_num_threads()}; {str(dtype)[6:]} matmul peak {peak / 1e9:.1f} GFLOP/s; "
           f"{cfg.num_layers}+{cfg.num_decoder_layers} layers, d_model {cfg.d_model}, batch "

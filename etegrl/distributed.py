@@ -15,6 +15,7 @@ The explicit all-reduce below is what DDP does, in one flat bucket and without o
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -35,12 +36,24 @@ def set_threads(threads: int = 0) -> int:
     return threads
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (oneDNN's own check; False if unknown)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def use_bf16(setting, device: torch.device) -> bool:
+    """A config's ``bf16`` — true, false or ``"auto"`` — on ``device``. ``auto`` is on only
+    where bf16 matmuls run natively (a CUDA device with bf16, a CPU with AVX512-BF16 or AMX):
+    on other CPUs they are emulated, tens of times slower than fp32."""
+    if setting == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and native_bf16()
+    return bool(setting)
 
 
 def process_state() -> PartialState:

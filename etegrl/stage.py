@@ -21,7 +21,7 @@ from transformers import set_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .compare import with_start
 from .data import exclude_history, item_counts, load_processed, write_topk
-from .distributed import Processes, native_bf16, set_threads
+from .distributed import Processes, native_bf16, set_threads, use_bf16
 from .evaluation import evaluate_generative, protocol
 from .malloc import keep_freed_memory
 from .metrics import most_popular
@@ -138,9 +138,9 @@ class Stage:
         self.exclude = exclude_history(self.cfg.exclude_history, self.data.splits)
         self.teacher_exclude = Teacher.excludes_history(self.cfg, self.exclude)
         self.resume_state = load_state(self.out)  # an interrupted run of this config
-        if getattr(self.cfg, "bf16", False) and self.device.type == "cpu" and not native_bf16():
+        if getattr(self.cfg, "bf16", False) is True and self.device.type == "cpu" and not native_bf16():
             self.log("warning: bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): "
-                     "its matmuls are emulated and slower than fp32; set bf16=false")
+                     "its matmuls are emulated and slower than fp32; set bf16=false or auto")
 
     def load_start(self, path) -> None:
         """Start from a checkpoint (strictly loaded) whose codes cover this dataset's items."""
@@ -201,9 +201,9 @@ class Stage:
 
     def autocast(self):
         """Context of the recommender's training forward passes: bf16 autocast when the config
-        asks for it (``bf16``), else nothing."""
+        asks for it (``bf16``; ``auto``: where the device has native bf16), else nothing."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=bool(getattr(self.cfg, "bf16", False)))
+                              enabled=use_bf16(getattr(self.cfg, "bf16", False), self.device))
 
     def progress_bar(self, batches, epoch: int, kind: str):
         return tqdm(batches, total=self.rows.batches_per_epoch(), initial=self.skip,
@@ -364,7 +364,7 @@ class Stage:
         test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
         results = {"stage": self.name, "best_epoch": self.best_epoch, "best_step": self.best_step,
                    "steps": self.step, "device": str(self.device),
-                   "bf16": bool(getattr(cfg, "bf16", False)), "valid": best["info"]["valid"],
+                   "bf16": use_bf16(getattr(cfg, "bf16", False), self.device), "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
                    "protocol": protocol(beam=cfg.beam, code_len=self.table.code_len,
                                         exclude=self.exclude),

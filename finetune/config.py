@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from etegrl.config import option, require
 from etegrl.options import (DistillOptions, EvalOptions, LoraOptions, RunOptions, StepOptions,
@@ -25,7 +26,7 @@ class FinetuneConfig(DistillOptions, LoraOptions, StepOptions, TrainOptions, Eva
     weight_decay: float = option(0.05, "AdamW weight decay.")
     warmup_ratio: float = option(0.0, "Share of steps in linear warm-up before the cosine decay (official: none; used when warmup_steps is 0).")
     dropout_rate: float = option(-1.0, "Override the checkpoint's T5 dropout (< 0 keeps it).")
-    bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
+    bf16: bool | Literal["auto"] = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere its matmuls are emulated and far slower. auto: on only where the device has native bf16.")
 
     def __post_init__(self):
         self.check_training()

@@ -25,7 +25,7 @@ class PretrainConfig(DistillOptions, TrainOptions, EvalOptions, RunOptions):
     d_kv: int = option(64, "Size of each head's keys and values.")
     dropout_rate: float = option(0.1, "T5 dropout.")
     causal_encoder: bool = option(False, "Encoder attention causal over items (each history token sees its own and earlier items); needed by train_on=sequences. The official ETEGRec encoder is bidirectional (false).")
-    bf16: bool = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX).")
+    bf16: bool | Literal["auto"] = option(False, "Mixed precision: the recommender's training forward passes under bf16 autocast; weights, optimiser, losses, tokenizer and evaluation stay fp32. Pays on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere its matmuls are emulated and far slower. auto: on only where the device has native bf16.")
     # tokenizer (RQ-VAE)
     code_num: int = option(256, "Codes per level (and collision suffixes).")
     levels: int = option(3, "Residual quantisation levels; an item's code has levels + 1 codes.")

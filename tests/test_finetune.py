@@ -104,6 +104,37 @@ def test_recommend_cli(tiny_data, trained_run, capsys):
     assert "user 'nobody' is not in" in capsys.readouterr().err
 
 
+def test_bf16_auto_is_on_only_where_bf16_is_native(tiny_data, trained_run, tmp_path, monkeypatch):
+    from etegrl import distributed
+    from etegrl.config import ConfigError, parse_args
+
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(distributed, "native_bf16", lambda: native)
+        assert distributed.use_bf16("auto", cpu) is native
+        assert distributed.use_bf16(True, cpu) is True and distributed.use_bf16(False, cpu) is False
+    assert distributed.use_bf16("auto", torch.device("meta")) is False
+    assert parse_args(FinetuneConfig, ["bf16=auto"]).bf16 == "auto"
+    with pytest.raises(ConfigError, match="bf16"):
+        parse_args(FinetuneConfig, ["bf16=sometimes"])
+    # the stage's training passes follow it: fp32 where bf16 is emulated, autocast where native
+    stage = FinetuneStage(config(tiny_data, trained_run, tmp_path / "ft", bf16="auto"),
+                          log=lambda *_: None)
+    stage.setup()
+    stage.model.eval()
+    hist, targets = next(iter(stage.rows.epoch()))
+    with torch.no_grad():
+        monkeypatch.setattr(distributed, "native_bf16", lambda: False)
+        emulated = stage.batch_losses(hist, targets)["total"]
+        stage.cfg.bf16 = False
+        full = stage.batch_losses(hist, targets)["total"]
+        stage.cfg.bf16 = "auto"
+        monkeypatch.setattr(distributed, "native_bf16", lambda: True)
+        native = stage.batch_losses(hist, targets)["total"]
+    assert torch.equal(emulated, full) and not torch.equal(native, full)
+    stage.cleanup()
+
+
 def test_bf16_autocast_trains_fp32_weights_on_close_losses(tiny_data, trained_run, tmp_path):
     stage = FinetuneStage(config(tiny_data, trained_run, tmp_path / "ft", bf16=True),
                           log=lambda *_: None)
