@@ -199,11 +199,16 @@ class Stage:
         """The config's teacher (``teacher``: none, sasrec or transitions), after ``begin``."""
         self.teacher = Teacher.for_config(self.cfg, self.data, device=self.device)
 
+    @property
+    def bf16_on(self) -> bool:
+        """Whether the training passes run under bf16 autocast: the config's ``bf16`` (true,
+        false or ``auto`` = where the device has native bf16) on this stage's device."""
+        return use_bf16(getattr(self.cfg, "bf16", False), self.device)
+
     def autocast(self):
-        """Context of the recommender's training forward passes: bf16 autocast when the config
-        asks for it (``bf16``; ``auto``: where the device has native bf16), else nothing."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=use_bf16(getattr(self.cfg, "bf16", False), self.device))
+        """Context of the recommender's training forward passes: bf16 autocast when
+        ``bf16_on``, else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_on)
 
     def progress_bar(self, batches, epoch: int, kind: str):
         return tqdm(batches, total=self.rows.batches_per_epoch(), initial=self.skip,
@@ -364,7 +369,7 @@ class Stage:
         test = self.evaluate("test", topk_file=self.out / "test_topk.jsonl")
         results = {"stage": self.name, "best_epoch": self.best_epoch, "best_step": self.best_step,
                    "steps": self.step, "device": str(self.device),
-                   "bf16": use_bf16(getattr(cfg, "bf16", False), self.device), "valid": best["info"]["valid"],
+                   "bf16": self.bf16_on, "valid": best["info"]["valid"],
                    "test": test, "train_seconds": train_seconds,
                    "protocol": protocol(beam=cfg.beam, code_len=self.table.code_len,
                                         exclude=self.exclude),
