@@ -5,6 +5,7 @@ anything)."""
 import json
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, write
@@ -69,3 +70,37 @@ def test_generate_copy_gives_our_lists(trained_run, tiny_data):
     # same lists up to ties in score (random tiny model: equal scores can swap neighbours)
     assert (ours == theirs).float().mean() > 0.9
     assert all(set(a) == set(b) for a, b in zip(ours.tolist(), theirs.tolist()))
+
+
+def test_prefix_reach_counts_leading_codes_by_hand(tmp_path, capsys):
+    """Four users, codes of 3 levels. User 1's list holds the target (reach 1, 1, 1); user 2's
+    best member shares the first code only (1, 0, 0); user 3's nothing; user 4's member shares
+    the last two codes but not the first, which is no reach at all. So reach per level is 2/4,
+    1/4, 1/4; distinct first codes in each list: 2, 1, 1, 1."""
+    from prefix_reach import main, prefix_reach
+    from safetensors.torch import save_file
+
+    from etegrl.data import DataError
+
+    codes = torch.tensor([[0, 0, 0],   # padding item 0
+                          [1, 1, 1],   # item 1
+                          [1, 1, 2],   # item 2: shares two codes with item 1
+                          [1, 2, 1],   # item 3: shares the first code with items 1, 2
+                          [2, 1, 1],   # item 4: another first code, same later codes as item 1
+                          [3, 3, 3]])  # item 5
+    lists = {1: (1, [4, 1]), 2: (2, [3]), 3: (5, [4]), 4: (1, [4])}
+    out = prefix_reach(lists, codes, k=10)
+    assert out["users"] == 4
+    assert out["reach"] == [2 / 4, 1 / 4, 1 / 4]
+    assert out["first_codes"] == (2 + 1 + 1 + 1) / 4
+    # k cuts the list before the hit: user 1 then reaches nothing
+    assert prefix_reach(lists, codes, k=1)["reach"] == [1 / 4, 0.0, 0.0]
+    with pytest.raises(DataError, match="item 9 has no codes"):
+        prefix_reach({1: (9, [1])}, codes, source="x.jsonl")
+
+    # the command: a stage folder's test_topk.jsonl read with a checkpoint folder's codes
+    save_file({"codes": codes}, str(tmp_path / "codes.safetensors"))
+    write(tmp_path / "run" / "test_topk.jsonl", "".join(
+        json.dumps({"user": u, "target": t, "ranked": r}) + "\n" for u, (t, r) in lists.items()))
+    main(["--codes", str(tmp_path), str(tmp_path / "run")])
+    assert "| 4 | 0.5000 | 0.2500 | 0.2500 | 1.25 |" in capsys.readouterr().out
