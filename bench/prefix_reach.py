@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from etegrl.compare import topk_path  # noqa: E402
 from etegrl.data import DataError, read_topk  # noqa: E402
 from etegrl.files import read_tensors  # noqa: E402
 
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
     print(f"| lists | users | {head} | distinct first codes in the top {args.k} |")
     print("|---" * (levels + 3) + "|")
     for arg in args.lists:
-        file = Path(arg) / "test_topk.jsonl" if Path(arg).is_dir() else Path(arg)
+        file = topk_path(arg)
         out = prefix_reach(read_topk(file), codes, k=args.k, source=str(file))
         cells = " | ".join(f"{r:.4f}" for r in out["reach"])
         print(f"| {arg} | {out['users']} | {cells} | {out['first_codes']:.2f} |")
