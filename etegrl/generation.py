@@ -68,15 +68,23 @@ def _without(allowed: torch.Tensor, prefixes: torch.Tensor, excluded: torch.Tens
 def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, *,
                 beam: int = 20, logprob: str = "full",
                 encoded: torch.Tensor | None = None,
-                exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                exclude: torch.Tensor | None = None,
+                first_codes: int = 0) -> dict[str, torch.Tensor]:
     """Top-``beam`` items for each history ``[B, L]`` → items ``[B, beam]`` (0 = no item, when
-    fewer valid items exist), their codes ``[B, beam, code_len]`` and scores ``[B, beam]``.
+    fewer valid items exist), their codes ``[B, beam, code_len]`` and scores ``[B, beam]``,
+    best first.
     ``encoded``: the model's encoder output for these histories, when the caller has it (GRPO
     computes it once for the groups and the update); the model must then be in eval mode.
     ``exclude [B, E]``: item ids (0 = none) never to return for each history, e.g. the items
-    already in it; masked at the last code, so the beam holds ``beam`` other items."""
+    already in it; masked at the last code, so the beam holds ``beam`` other items.
+    ``first_codes`` = m > 0: the beam is split evenly over the m most likely first codes, each
+    ``beam // m`` beams searched on within its first code only, so that the result spans m first
+    codes (the top ``beam // m`` items under each, merged best first); 0 = one beam over all."""
     if logprob not in ("full", "trie"):
         raise ValueError("logprob must be 'full' or 'trie'")
+    m = first_codes or 1
+    if first_codes < 0 or beam % m:
+        raise ValueError(f"first_codes must divide the beam ({beam}), got {first_codes}")
     was_training = model.training
     model.eval()
     device = histories.device
@@ -88,18 +96,24 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
     hidden, cache = model.decode(encoded, mask, tokens.new_zeros(n, 0), cache=cache)
     logits = model.code_logits(hidden[:, -1:], start=0)[:, 0]
     logp = _step_logprobs(logits, table.allowed(tokens.new_zeros(n, 0)), logprob)
-    k = beam
-    scores, first = logp.topk(min(k, logp.shape[1]), dim=1)   # [n, ≤k]
-    if scores.shape[1] < k:  # fewer codes than beams: the rest start dead and fill at step 1
-        pad = k - scores.shape[1]
+    k, q = beam, beam // m  # q beams per sub-beam; m sub-beams (one unless first_codes)
+    top = k if m == 1 else m
+    scores, first = logp.topk(min(top, logp.shape[1]), dim=1)   # [n, ≤top]
+    if scores.shape[1] < top:  # fewer codes than beams: the rest start dead and fill at step 1
+        pad = top - scores.shape[1]
         scores = torch.cat([scores, scores.new_full((n, pad), float("-inf"))], 1)
         first = torch.cat([first, first.new_zeros(n, pad)], 1)
+    if m > 1:  # sub-beam j: its first code on beam 0, dead copies that fill at step 1
+        scores = torch.cat([scores.unsqueeze(-1),
+                            scores.new_full((n, m, q - 1), float("-inf"))], -1).reshape(n, k)
+        first = first.repeat_interleave(q, dim=1)
     seqs = first.unsqueeze(-1)                                # [n, k, 1]
     # beams of a user share its cross-attention keys/values: only the self-attention cache
     # is per beam (etegrl.attention reads the shared ones)
     cache.self_attention_cache.batch_repeat_interleave(k)
     mask_b = shared_mask(mask)
-    offsets = (torch.arange(n, device=device) * k).unsqueeze(1)
+    # beams are ordered (history, sub-beam, beam): sub-beam u's beams start at row u·q
+    offsets = (torch.arange(n * m, device=device) * q).unsqueeze(1)
     for t in range(1, code_len):
         step_in = model.code_embeddings[t - 1](seqs[:, :, -1].reshape(-1)).unsqueeze(1)
         out = model.decoder(inputs_embeds=step_in, encoder_hidden_states=encoded,
@@ -109,13 +123,18 @@ def beam_search(model: ETEGRecModel, table: CodeTable, histories: torch.Tensor, 
         if exclude is not None and t == code_len - 1:
             allowed = _without(allowed, seqs, table.codes[exclude], exclude > 0)
         logp = _step_logprobs(logits, allowed, logprob)
-        total = (scores.reshape(-1, 1) + logp).reshape(n, -1)  # [n, k * code_num]
-        scores, flat = total.topk(k, dim=1)
+        total = (scores.reshape(-1, 1) + logp).reshape(n * m, -1)  # [n·m, q * code_num]
+        scores, flat = total.topk(q, dim=1)
         parent, code = flat // logp.shape[1], flat % logp.shape[1]
+        seqs = seqs.reshape(n * m, q, t)
         seqs = torch.cat([seqs.gather(1, parent.unsqueeze(-1).expand(-1, -1, t)),
-                          code.unsqueeze(-1)], dim=-1)
+                          code.unsqueeze(-1)], dim=-1).reshape(n, k, t + 1)
         if t < code_len - 1:  # the last step's cache is not read again
             cache.self_attention_cache.reorder_cache((offsets + parent).reshape(-1))
+        scores = scores.reshape(n, k)
+    if m > 1:  # the sub-beams merged, best first (dead beams last)
+        scores, order = scores.sort(dim=1, descending=True, stable=True)
+        seqs = seqs.gather(1, order.unsqueeze(-1).expand_as(seqs))
     items = table.items_of(seqs)
     items = torch.where(torch.isfinite(scores), items, 0)
     model.train(was_training)

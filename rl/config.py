@@ -47,6 +47,7 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
     rows_per_user: int = option(1, "Prompts (training rows) per user per epoch, redrawn each epoch (0 = all).")
     prompt_rows: Literal["random", "recent"] = option("random", "Which rows_per_user rows: drawn at random each epoch, or each user's most recent training rows (the histories closest to validation and test).")
     group_source: Literal["beam", "sampling"] = option("beam", "Group of num_generations distinct valid items: trie beam search, or sampling at `temperature` (topped up from the beam when too few are distinct).")
+    group_first_codes: int = option(0, "With group_source=beam: split each group's beam evenly over the N first codes the policy finds most likely (num_generations / N members under each, the best within their first code), so that a group spans N first codes and the rewards can move the policy between them, not only within its favourite first code (bench/prefix_reach.py shows where lists miss); 0 = one beam over all codes. N must divide num_generations.")
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
     reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, teacher_logratio, future_hit) or path/to/file.py:function; weights in reward_weights.")
@@ -106,6 +107,13 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
         self.resolve_steps()
         require(self, 0, "learning_rate", "temperature", above=True)
         require(self, 0, "teacher_items", high=self.num_generations)
+        require(self, 0, "group_first_codes", high=self.num_generations)
+        if self.group_first_codes and self.num_generations % self.group_first_codes:
+            raise ValueError(f"key 'group_first_codes' ({self.group_first_codes}) must divide "
+                             f"num_generations ({self.num_generations})")
+        if self.group_first_codes and self.group_source != "beam":
+            raise ValueError("key 'group_first_codes' shapes beam groups: it needs "
+                             "group_source=beam")
         self.check_transitions()
         require(self, 0, "future_items")
         require(self, 0, "future_discount", high=1)

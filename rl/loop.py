@@ -133,7 +133,8 @@ class RLStage(Stage):
                     teacher_scores: torch.Tensor | None = None):
         cfg, g = self.cfg, self.cfg.num_generations
         beams = beam_search(self.model, self.table, hist, beam=g, logprob=cfg.logprob,
-                            encoded=encoded, exclude=hist if self.exclude else None)
+                            encoded=encoded, exclude=hist if self.exclude else None,
+                            first_codes=cfg.group_first_codes)
         items = beams["items"]
         if cfg.group_source == "sampling":
             drawn = sample_items(self.model, self.table, hist, n=4 * g,
@@ -266,6 +267,9 @@ class RLStage(Stage):
         stats["frac_reward_zero_std"] = 1.0 - spread.float().mean().item()
         stats["reward"] = float(r.nanmean())
         stats["group_hit_rate"] = (items == targets.unsqueeze(1)).any(1).float().mean().item()
+        # groups holding a member on the true item's first code (where most lists miss)
+        stats["group_first_code_rate"] = ((codes[..., 0] == self.table.codes[targets, :1])
+                                          & (items > 0)).any(1).float().mean().item()
         if cfg.dynamic_sampling:  # the first groups with reward spread, as many as a step holds
             keep = spread.nonzero().squeeze(1)[:-(-len(targets) // cfg.dynamic_sampling_draws)]
             stats["kept_groups"] = len(keep) / len(targets)
@@ -438,7 +442,8 @@ class RLStage(Stage):
             if "reward" in values:
                 bar.set_postfix(reward=f"{values['reward']:.3f}")
         self.epoch_means(keep=("total", "reward", "kl", "clip_ratio", "frac_reward_zero_std",
-                               "group_hit_rate", "item_baseline", "sft"))
+                               "group_hit_rate", "group_first_code_rate", "item_baseline",
+                               "sft"))
         return "grpo"
 
     def extra_state(self) -> dict:
@@ -465,7 +470,7 @@ class RLStage(Stage):
                 "reward_funcs": list(cfg.reward_funcs), "reward_weights": self.reward_weights,
                 "num_generations": cfg.num_generations, "beta": cfg.beta,
                 "teacher": cfg.teacher, "reward_teacher": cfg.rewards_scorer,
-                "teacher_items": cfg.teacher_items,
+                "teacher_items": cfg.teacher_items, "group_first_codes": cfg.group_first_codes,
                 "teacher_exclude_history": self.teacher_exclude,
                 "item_baseline": cfg.item_baseline, "sft_rows": cfg.sft_rows if cfg.sft_weight else None,
                 "control": cfg.control,

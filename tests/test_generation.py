@@ -69,3 +69,36 @@ def test_beam_search_leaves_out_excluded_items():
         keep = [i for i in brute[row].argsort(descending=True).add(1).tolist() if i not in banned]
         assert out["items"][row, :len(keep)].tolist() == keep
         assert torch.all(out["items"][row, len(keep):] == 0)
+
+
+@pytest.mark.parametrize("logprob", ["full", "trie"])
+def test_beam_search_spread_over_first_codes_equals_brute_force(logprob):
+    """first_codes=2, beam 8: 4 beams under each of the 2 most likely first codes. With 3 first
+    codes and 2 codes at levels 2 and 3, each first code holds at most 4 three-code prefixes, so
+    every sub-beam is exact: its items are the best 4 under its first code, merged best first."""
+    torch.manual_seed(6)
+    levels = torch.stack([torch.randint(0, 3, (30,)), torch.randint(0, 2, (30,)),
+                          torch.randint(0, 2, (30,))], 1)
+    table = CodeTable(assign_suffixes(levels, code_num=8), code_num=8)
+    model = tiny_model(seed=7)
+    hist = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9], [30, 0, 0, 0]])
+    out = beam_search(model, table, hist, beam=8, logprob=logprob, first_codes=2)
+    brute = score_items(model, table, hist, torch.arange(1, 31).expand(4, 30), logprob=logprob)
+    firsts = table.codes[1:, 0]
+    for row in range(4):
+        got = out["items"][row].tolist()
+        chosen = sorted({int(table.codes[i, 0]) for i in got})
+        assert len(chosen) == 2 and 0 not in got
+        expect = []
+        for c in chosen:
+            under = (firsts == c).nonzero().squeeze(1)
+            expect += (under[brute[row, under].argsort(descending=True)[:4]] + 1).tolist()
+        expect.sort(key=lambda i: -float(brute[row, i - 1]))
+        assert got == expect
+        torch.testing.assert_close(out["scores"][row], brute[row, torch.tensor(got) - 1])
+        if logprob == "trie":  # the trie renormalises: a first code's mass is its items' sum
+            mass = {c: float(brute[row, firsts == c].logsumexp(0)) for c in range(3)}
+            assert chosen == sorted(sorted(mass, key=mass.get)[-2:])
+    assert torch.equal(table.items_of(out["codes"]), out["items"])
+    with pytest.raises(ValueError, match="first_codes must divide the beam"):
+        beam_search(model, table, hist, beam=8, first_codes=3)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from etegrl.checkpoint import load_checkpoint
+from etegrl.generation import beam_search
 from finetune.__main__ import main as finetune_main
 from rl.__main__ import main as rl_main
 from rl.config import RLConfig
@@ -44,7 +45,7 @@ def test_policy_changes_reference_does_not(tiny_data, finetuned, tmp_path, kw):
     records = [json.loads(line) for line in (tmp_path / "rl" / "log.jsonl").read_text().splitlines()]
     step = records[-1]
     for key in ("reward", "frac_reward_zero_std", "kl", "clip_ratio", "reward/hit/mean",
-                "reward/ranking_penalty/std", "group_hit_rate"):
+                "reward/ranking_penalty/std", "group_hit_rate", "group_first_code_rate"):
         assert key in step
     if kw.get("num_iterations", 1) == 1:
         assert step["clip_ratio"] == 0.0  # one update per rollout: the ratio is exactly 1
@@ -62,6 +63,38 @@ def test_groups_are_distinct_valid_items(tiny_data, finetuned, tmp_path):
         assert len(set(valid)) == len(valid) and target in row  # distinct; target injected
     assert torch.equal(stage.table.items_of(codes)[items > 0], items[items > 0])
     stage.cleanup()
+
+
+def test_groups_spread_over_first_codes(tiny_data, finetuned, tmp_path):
+    """group_first_codes=2: each group is the beam split over the policy's 2 most likely first
+    codes (4 members under each), and group_first_code_rate counts the groups holding a member
+    on the true item's first code."""
+    stage = RLStage(config(tiny_data, finetuned, tmp_path / "g", inject_target=False,
+                           group_first_codes=2), log=lambda *_: None)
+    stage.setup()
+    hist, targets = next(stage.rows.epoch())
+    items, codes = stage.make_groups(hist, targets)
+    spread = beam_search(stage.model, stage.table, hist, beam=8, first_codes=2,
+                         exclude=hist if stage.exclude else None)
+    assert torch.equal(items, spread["items"])
+    stage.cfg.group_first_codes = 0  # the same stage without the split, for contrast
+    assert not torch.equal(stage.make_groups(hist, targets)[0], items)
+    for firsts, row in zip(codes[..., 0].tolist(), items.tolist()):
+        assert len({c for c, i in zip(firsts, row) if i > 0}) == 2  # members on 2 first codes
+    stage.cfg.group_first_codes = 2
+    ro = stage.rollout(hist, targets, graph=False)
+    reach = [any(c == target_code and i > 0 for c, i in zip(firsts, row))
+             for firsts, row, target_code in zip(codes[..., 0].tolist(), items.tolist(),
+                                                 stage.table.codes[targets, 0].tolist())]
+    assert ro.stats["group_first_code_rate"] == pytest.approx(sum(reach) / len(reach))
+    stage.cleanup()
+
+
+def test_group_first_codes_must_divide_the_group(tiny_data, finetuned, tmp_path):
+    with pytest.raises(ValueError, match="'group_first_codes' \\(3\\) must divide"):
+        config(tiny_data, finetuned, tmp_path, group_first_codes=3)
+    with pytest.raises(ValueError, match="needs group_source=beam"):
+        config(tiny_data, finetuned, tmp_path, group_first_codes=2, group_source="sampling")
 
 
 @pytest.mark.parametrize("lora", [False, True])
