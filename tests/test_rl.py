@@ -356,8 +356,11 @@ def test_control_is_the_run_without_its_rl_term(tiny_data, finetuned, tmp_path):
         weights[name] = load_checkpoint(tmp_path / name / "best")["model"].state_dict()
     start = load_checkpoint(finetuned)["model"].state_dict()
     assert any(not torch.equal(start[k], v) for k, v in weights["control"].items())
+    # atol 1e-5: the two runs sum their gradients in different orders, and Adam turns the
+    # rounding noise of near-zero gradients (e.g. the first decoder position's query, whose
+    # softmax over one key ignores it) into steps of ~1e-6 on some CPUs
     for k, v in weights["zero"].items():
-        torch.testing.assert_close(weights["control"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(weights["control"][k], v, rtol=1e-4, atol=1e-5, msg=k)
     assert any((weights["hit"][k] - v).abs().max() > 1e-4 for k, v in weights["zero"].items())
     logged = [json.loads(line) for line in
               (tmp_path / "control" / "log.jsonl").read_text().splitlines()]
