@@ -279,6 +279,16 @@ class TransitionTeacher:
         return self.scores(torch.where(upto, items[b], 0), exclude=exclude, future=future)
 
 
+def first_code_ranks(scores: torch.Tensor, first_codes: torch.Tensor, code_num: int) -> torch.Tensor:
+    """Teacher scores ``[B, N+1]`` (−inf: items it never recommends, column 0 included) and each
+    item's first code ``[N+1]`` → ``[B, code_num]``: every first code's 0-based rank by the
+    teacher's probability mass on its items (a softmax over the items; ties by lower code)."""
+    probs = torch.softmax(scores.float(), 1)
+    mass = probs.new_zeros(scores.shape[0], code_num)
+    mass.scatter_add_(1, first_codes.expand_as(probs), probs)
+    return Teacher.ranks(mass)
+
+
 def add_teacher_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
     """Replace the last ``k`` members of each group ``[B, G]`` by the teacher's best items that
     the rest of the group does not hold (items scored −inf, e.g. history items, are never

@@ -16,6 +16,8 @@ facts, one value per completion unless noted:
   teacher_rank   the member's 0-based rank among all items by the teacher (with teacher=sasrec)
   teacher_logprob  the member's log-probability under the teacher (a softmax over the items it
                  may recommend; None where it gives none)
+  teacher_first_code_rank  the 0-based rank of the member's first code among all first codes
+                 by the teacher's probability mass on their items (with a teacher)
   policy_logprob the member's log-probability under the policy that built the group (the sum
                  over its codes), passed only when a reward function carries
                  ``uses_policy_logprob = True`` (it costs a forward pass of the group)
@@ -101,6 +103,16 @@ def teacher(prompts, completions, completion_ids, *, teacher_rank, **kwargs):
     return [None if r is None else 1.0 / math.log2(r + 2) for r in teacher_rank]
 
 
+def teacher_first_code(prompts, completions, completion_ids, *, teacher_first_code_rank,
+                       **kwargs):
+    """The teacher's credit for the member's first code: 1 / log2(rank + 2) for the rank of that
+    code among all first codes by the teacher's probability mass on their items. Most lists miss
+    the true item at its first code (bench/prefix_reach.py); this scores the choice made there,
+    whichever item follows it (with group_first_codes, groups span several first codes to
+    compare). None where there is no item."""
+    return [None if r is None else 1.0 / math.log2(r + 2) for r in teacher_first_code_rank]
+
+
 def teacher_logratio(prompts, completions, completion_ids, *, teacher_logprob, policy_logprob,
                      **kwargs):
     """How much more the teacher believes in the member than the policy does:
@@ -133,7 +145,7 @@ def future_hit(prompts, completions, completion_ids, *, target, future, future_d
 
 
 BUILTIN = {f.__name__: f for f in (hit, rank_aware, ranking_penalty, prefix_match, novelty,
-                                   teacher, teacher_logratio, future_hit)}
+                                   teacher, teacher_first_code, teacher_logratio, future_hit)}
 
 
 def load_reward(spec: str):

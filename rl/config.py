@@ -50,7 +50,7 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
     group_first_codes: int = option(0, "With group_source=beam: split each group's beam evenly over the N first codes the policy finds most likely (num_generations / N members under each, the best within their first code), so that a group spans N first codes and the rewards can move the policy between them, not only within its favourite first code (bench/prefix_reach.py shows where lists miss); 0 = one beam over all codes. N must divide num_generations.")
     inject_target: bool = option(False, "Put the true item into every group that lacks it (replacing the last member).")
     kl_estimator: Literal["k3", "exact"] = option("k3", "KL to the reference: trl's k3 estimator on the sampled codes, or the exact KL over all codes at each position.")
-    reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, teacher_logratio, future_hit) or path/to/file.py:function; weights in reward_weights.")
+    reward_funcs: list[str] = option(["hit", "ranking_penalty"], "Built-ins (hit, rank_aware, ranking_penalty, prefix_match, novelty, teacher, teacher_first_code, teacher_logratio, future_hit) or path/to/file.py:function; weights in reward_weights.")
     teacher: Literal["none", "sasrec", "transitions"] = option("none", "A scorer of every item for a history: " + TEACHERS + ". Gives reward functions teacher_rank (each member's 0-based rank among the teacher's items) and teacher_logprob, and teacher_items their members.")
     teacher_exclude_history: Literal["auto", "always", "never"] = option("auto", TEACHER_EXCLUDE_HISTORY)
     reward_teacher: Literal["teacher", "none", "sasrec", "transitions"] = option("teacher", "The scorer behind the rewards' teacher_rank and teacher_logprob and behind teacher_items: teacher = the one the teacher option names; sasrec or transitions = that scorer for them alone, while the sft anchor (sft_teacher_weight) keeps teacher's — so the RL term can bring what the anchor's distillation does not.")
@@ -117,7 +117,8 @@ class RLConfig(TransitionOptions, LoraOptions, EvalOptions, StepOptions, RunOpti
         self.check_transitions()
         require(self, 0, "future_items")
         require(self, 0, "future_discount", high=1)
-        needs = [f for f in ("teacher", "teacher_logratio") if f in self.reward_funcs]
+        needs = [f for f in ("teacher", "teacher_first_code", "teacher_logratio")
+                 if f in self.reward_funcs]
         if self.rewards_scorer == "none" and (self.teacher_items or needs):
             raise ValueError(f"{'the ' + repr(needs[0]) + ' reward' if needs else 'teacher_items'} "
                              f"needs a teacher (teacher or reward_teacher: sasrec or transitions)")

@@ -79,3 +79,17 @@ def test_user_reward_loader_and_errors(tmp_path):
     bad = write(tmp_path / "broken.py", "this is not python\n")
     with pytest.raises(RewardError, match="importing .*broken.py failed"):
         load_reward(f"{bad}:f")
+
+
+def test_teacher_first_code_ranks_codes_by_the_teachers_mass():
+    """Items 1–4 on first codes 0, 0, 1, 2 with scores 2, 1, 0, 3 (item 0 and item 5 −inf):
+    code 2 holds e³ ≈ 20.1, code 0 e² + e ≈ 10.1, code 1 e⁰ = 1, code 3 nothing."""
+    from etegrl.teacher import first_code_ranks
+
+    inf = float("-inf")
+    scores = torch.tensor([[inf, 2.0, 1.0, 0.0, 3.0, inf]])
+    ranks = first_code_ranks(scores, torch.tensor([3, 0, 0, 1, 2, 3]), code_num=4)
+    assert ranks.tolist() == [[1, 2, 0, 3]]
+    values = rewards.teacher_first_code([[1]] * 3, [4, 1, 0], [[2], [0], [0]],
+                                        teacher_first_code_rank=[0, 1, None])
+    assert values == [1.0, pytest.approx(1 / math.log2(3)), None]

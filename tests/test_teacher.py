@@ -67,7 +67,7 @@ def test_teacher_logratio_reward_by_hand():
     assert rewards.teacher_logratio.uses_policy_logprob
 
 
-@pytest.mark.parametrize("reward", ["teacher", "teacher_logratio"])
+@pytest.mark.parametrize("reward", ["teacher", "teacher_first_code", "teacher_logratio"])
 def test_teacher_needs_a_teacher(tmp_path, capsys, reward):
     assert rl_main([f"output_dir={tmp_path / 'rl'}", f"data_dir={tmp_path / 'none'}",
                     f"reward_funcs=[hit,{reward}]", "reward_weights=[1,1]"]) == 2
@@ -135,6 +135,14 @@ def test_rewards_read_teacher_and_policy_logprobs(tiny_data, trained_run, tmp_pa
                                 for v in wants["teacher_logprob"]]).reshape(items.shape)
     real = items > 0
     torch.testing.assert_close(got_teacher[real], expected_teacher[real])
+    # teacher_first_code_rank: the member's first code ranked by the teacher's summed mass
+    probs = torch.softmax(stage.teacher.scores(hist, stage.exclude), 1)
+    for user, group in enumerate(items.tolist()):
+        mass = [float(probs[user][stage.table.codes[:, 0] == c].sum())
+                for c in range(stage.table.code_num)]
+        order = sorted(range(len(mass)), key=lambda c: (-mass[c], c))
+        want = [order.index(int(stage.table.codes[i, 0])) if i else None for i in group]
+        assert wants["teacher_first_code_rank"][user * g:(user + 1) * g] == want
     got_policy = torch.tensor(wants["policy_logprob"]).reshape(items.shape)
     with torch.no_grad():
         for j in range(g):
