@@ -31,12 +31,14 @@ def evaluate_generative(model: ETEGRecModel, table: CodeTable, split, *, max_len
                         beam: int = 20, batch_size: int = 128, logprob: str = "full",
                         device="cpu", max_users: int = 0, progress: bool = False,
                         procs=None, popular: torch.Tensor | None = None,
-                        return_lists: bool = False, exclude_history: bool = False):
+                        return_lists: bool = False, exclude_history: bool = False,
+                        first_codes: int = 0):
     """Metrics of ``split`` (``etegrl.metrics.list_metrics``; ``popular``: the 10 most frequent
     training items); with ``procs`` (``etegrl.distributed.Processes``) each process searches
     its share of the users and the metrics are those of all of them. ``exclude_history``: never
     recommend an item of the user's history (its whole history in the split, not only the
-    ``max_len`` items the model reads). ``return_lists``: also the
+    ``max_len`` items the model reads). ``first_codes``: the beam split over that many first
+    codes (``beam_search``; 0 = the protocol's one beam). ``return_lists``: also the
     evaluated rows of the split and their ranked items ``[N, beam]`` → (metrics, rows, lists)."""
     histories, targets = split["history"], split["target"]
     lengths = np.array([len(h) for h in histories])
@@ -52,7 +54,8 @@ def evaluate_generative(model: ETEGRecModel, table: CodeTable, split, *, max_len
         rows = order[start:start + batch_size]
         hist = pad_histories([histories[i][-max_len:] for i in rows]).to(device)
         seen = pad_histories([histories[i] for i in rows]).to(device) if exclude_history else None
-        out = beam_search(model, table, hist, beam=beam, logprob=logprob, exclude=seen)
+        out = beam_search(model, table, hist, beam=beam, logprob=logprob, exclude=seen,
+                          first_codes=first_codes)
         tops.append(out["items"].cpu())
     top = torch.cat(tops) if tops else torch.zeros(0, beam, dtype=torch.long)
     if procs is not None and procs.world > 1:

@@ -1,6 +1,6 @@
-"""The benchmark helpers that compute what the notes report: the seed aggregate and the
+"""The benchmark helpers that compute what the notes report: the seed aggregate, the
 transformers-generate copy of a checkpoint (its lists must be ours for the speed ratio to mean
-anything)."""
+anything), the prefix reach and the first-code beam tables."""
 
 import json
 import sys
@@ -104,3 +104,30 @@ def test_prefix_reach_counts_leading_codes_by_hand(tmp_path, capsys):
         json.dumps({"user": u, "target": t, "ranked": r}) + "\n" for u, (t, r) in lists.items()))
     main(["--codes", str(tmp_path), str(tmp_path / "run")])
     assert "| 4 | 0.5000 | 0.2500 | 0.2500 | 1.25 |" in capsys.readouterr().out
+
+
+def test_first_code_beam_rows_match_the_evaluation(trained_run, tiny_data, capsys, monkeypatch):
+    """Its one-beam row is the test evaluation's; a split row holds lists spanning the asked
+    first codes, and its paired difference is that of the two rows' per-user NDCG@10."""
+    from first_code_beam import main
+
+    from etegrl.checkpoint import load_checkpoint
+    from etegrl.data import exclude_history, load_processed
+    from etegrl.evaluation import evaluate_generative
+
+    monkeypatch.setattr(sys, "argv", ["first_code_beam.py", "--checkpoint",
+                                      str(trained_run / "best"), "--data-dir",
+                                      str(tiny_data / "data"), "--max-len", "8",
+                                      "--first-codes", "2"])
+    main()
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| one beam") or line.startswith("| 2 ")]
+    ckpt = load_checkpoint(trained_run / "best")
+    splits = load_processed(tiny_data / "data").splits
+    ndcg = []
+    for row, n in zip(rows, (0, 2)):
+        m = evaluate_generative(ckpt["model"].eval(), ckpt["table"], splits["test"], max_len=8,
+                                first_codes=n, exclude_history=exclude_history("auto", splits))
+        assert row[1:3] == [f"{m['recall@10']:.4f}", f"{m['ndcg@10']:.4f}"]
+        ndcg.append(m["ndcg@10"])
+    assert float(rows[1][5].split()[0]) == pytest.approx(ndcg[1] - ndcg[0], abs=1e-4)
