@@ -22,6 +22,7 @@ from etegrl.checkpoint import load_checkpoint
 from etegrl.data import exclude_history, load_processed
 from etegrl.evaluation import evaluate_generative
 from etegrl.metrics import paired_bootstrap, per_user_gains
+from prefix_reach import prefix_reach
 
 
 def main() -> None:
@@ -47,8 +48,9 @@ def main() -> None:
             max_users=args.users, first_codes=n, return_lists=True)
         targets = torch.as_tensor([test["target"][i] for i in rows])
         scores = per_user_gains(lists.tolist(), targets)
-        first = table.codes[lists[:, :10], 0] == table.codes[targets, :1]
-        reach = float((first & (lists[:, :10] > 0)).any(1).float().mean())
+        reach = prefix_reach({i: (t, [x for x in ranked if x > 0]) for i, (t, ranked)
+                              in enumerate(zip(targets.tolist(), lists.tolist()))},
+                             table.codes)["reach"][0]
         diff = ["–", "–"]
         if base is None:
             base = scores

@@ -289,6 +289,24 @@ def first_code_ranks(scores: torch.Tensor, first_codes: torch.Tensor, code_num: 
     return Teacher.ranks(mass)
 
 
+def member_facts(scores: torch.Tensor, items: torch.Tensor, first_codes: torch.Tensor,
+                 code_num: int) -> dict[str, list]:
+    """What reward functions read from a teacher about the members ``items [B, G]`` (0 = no
+    item) of groups scored ``scores [B, N+1]``, flattened to B·G values: ``teacher_rank`` (the
+    member's 0-based rank among all items) and ``teacher_logprob`` (None where the teacher gives
+    it no score: no item, or a history item it never recommends), and ``teacher_first_code_rank``
+    (``first_code_ranks`` at the member's first code; None where there is no item)."""
+    usable = torch.isfinite(scores.gather(1, items)).reshape(-1).tolist()
+    ranks = Teacher.ranks(scores).gather(1, items).reshape(-1).tolist()
+    logp = torch.log_softmax(scores.float(), 1).gather(1, items).reshape(-1).tolist()
+    prefix = first_code_ranks(scores, first_codes, code_num).gather(1, first_codes[items])
+    return {"teacher_rank": [r if ok else None for r, ok in zip(ranks, usable)],
+            "teacher_logprob": [float(v) if ok else None for v, ok in zip(logp, usable)],
+            "teacher_first_code_rank": [r if i > 0 else None for r, i
+                                        in zip(prefix.reshape(-1).tolist(),
+                                               items.reshape(-1).tolist())]}
+
+
 def add_teacher_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
     """Replace the last ``k`` members of each group ``[B, G]`` by the teacher's best items that
     the rest of the group does not hold (items scored −inf, e.g. history items, are never

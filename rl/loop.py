@@ -28,7 +28,7 @@ from etegrl.lora import apply_lora, merged_copy
 from etegrl.model import history_tokens, training_outputs
 from etegrl.objective import CodeObjective
 from etegrl.stage import Stage
-from etegrl.teacher import Teacher, add_teacher_items, first_code_ranks
+from etegrl.teacher import Teacher, add_teacher_items, member_facts
 from etegrl.training import EndlessBatches, RowEpochs, SequenceEpochs
 
 from .config import RLConfig
@@ -194,19 +194,9 @@ class RLStage(Stage):
         if rows is not None and self.future is not None:  # the next training items after each target
             kwargs["future"] = [self.future[r] for r in rows.tolist() for _ in range(g)]
             kwargs["future_discount"] = self.cfg.future_discount
-        if teacher_scores is not None:  # each member's rank in the teacher's list (None: no item)
-            ranks = Teacher.ranks(teacher_scores).gather(1, items).reshape(-1).tolist()
-            picked = teacher_scores.gather(1, items).reshape(-1)
-            usable = torch.isfinite(picked).tolist()
-            kwargs["teacher_rank"] = [r if ok else None for r, ok in zip(ranks, usable)]
-            logp = torch.log_softmax(teacher_scores.float(), 1).gather(1, items).reshape(-1)
-            kwargs["teacher_logprob"] = [float(v) if ok else None
-                                         for v, ok in zip(logp.tolist(), usable)]
-            # each member's first code, ranked by the teacher's mass on that code's items
-            prefix = first_code_ranks(teacher_scores, self.table.codes[:, 0],
-                                      self.table.code_num).gather(1, codes[..., 0])
-            kwargs["teacher_first_code_rank"] = [r if i > 0 else None for r, i
-                                                 in zip(prefix.reshape(-1).tolist(), flat_items)]
+        if teacher_scores is not None:  # teacher_rank, teacher_logprob, teacher_first_code_rank
+            kwargs.update(member_facts(teacher_scores, items, self.table.codes[:, 0],
+                                       self.table.code_num))
         if policy_logps is not None:  # each member's log-probability, summed over its codes
             kwargs["policy_logprob"] = policy_logps.sum(-1).tolist()
         totals, per_fn = rewards.score(self.reward_fns, self.reward_weights, prompts, flat_items,

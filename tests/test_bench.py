@@ -107,8 +107,8 @@ def test_prefix_reach_counts_leading_codes_by_hand(tmp_path, capsys):
 
 
 def test_first_code_beam_rows_match_the_evaluation(trained_run, tiny_data, capsys, monkeypatch):
-    """Its one-beam row is the test evaluation's; a split row holds lists spanning the asked
-    first codes, and its paired difference is that of the two rows' per-user NDCG@10."""
+    """Its rows are the test evaluation's with and without the split beam, and the split row's
+    paired difference is that of the two rows' per-user NDCG@10."""
     from first_code_beam import main
 
     from etegrl.checkpoint import load_checkpoint
